@@ -1,0 +1,548 @@
+"""``cohortctl ingest``: user tables -> one validated, versioned cohort store.
+
+The store is written atomically (see :mod:`cohortctl.store`); input files are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cohortctl import __version__
+from cohortctl.errors import InputDataError, InputMissingError, UsageError
+from cohortctl.io import readers
+from cohortctl.io.readers import TableSpec
+from cohortctl.store import (
+    MANIFEST,
+    STORE_FORMAT,
+    atomic_directory,
+    fsync_tree,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
+
+log = logging.getLogger("cohortctl")
+
+#: Clinical columns recognised by conventional name when no flag declares the role.
+ROLE_NAMES: dict[str, tuple[str, ...]] = {
+    "time": ("os_time", "os_days", "os.time", "os_months", "overall_survival_days",
+             "overall_survival_time", "survival_time", "time", "days_to_last_followup",
+             "days_to_death_or_last_followup", "pfs_time"),
+    "event": ("os_event", "os", "os_status", "overall_survival_status", "event", "status",
+              "death", "dead", "pfs_event"),
+    "treatment": ("treatment", "treatment_arm", "arm", "therapy", "regimen"),
+    "response": ("response", "responder", "best_response", "response_status"),
+}
+ROLES = tuple(ROLE_NAMES)
+
+_EVENT_TRUE = {"1", "true", "t", "yes", "dead", "deceased", "1.0"}
+_EVENT_FALSE = {"0", "false", "f", "no", "alive", "living", "0.0"}
+
+
+@dataclass
+class IngestOptions:
+    """Everything ``ingest`` needs, independent of the CLI."""
+
+    out: Path
+    clinical: Path | None = None
+    genetic: list[TableSpec] = field(default_factory=list)
+    molecular: list[TableSpec] = field(default_factory=list)
+    outcome: list[TableSpec] = field(default_factory=list)
+    id_column: str | None = None
+    roles: dict[str, str | None] = field(default_factory=dict)
+    reference: list[str] = field(default_factory=list)
+    fmt: str | None = None
+    layout: str = "auto"  # auto | wide | long
+    tcga_barcodes: bool | None = None
+    maf_classes: list[str] | None = None
+    maf_covers_clinical: bool = False
+    pseudonym_key: bytes | None = None
+    force: bool = False
+
+
+@dataclass
+class _Table:
+    name: str
+    kind: str
+    source: Path
+    frame: pl.DataFrame | None  # None: streamed parquet (written later)
+    info: dict[str, Any]
+    stream: dict[str, Any] | None = None
+
+
+def ingest(opts: IngestOptions) -> dict[str, Any]:
+    """Read, validate and store every table; returns the manifest."""
+    if not opts.genetic and not opts.molecular:
+        raise UsageError("at least one --genetic or --molecular table is required")
+    _check_distinct_names(opts)
+    tables: list[_Table] = []
+    clinical_roles: dict[str, Any] = {}
+    if opts.clinical is not None:
+        clin, clinical_roles = _read_clinical(opts)
+        tables.append(clin)
+    for spec in opts.genetic:
+        tables.append(_read_genetic(spec, opts, tables))
+    for spec in opts.molecular:
+        tables.append(_read_molecular(spec, opts))
+    for spec in opts.outcome:
+        tables.append(_read_outcome(spec, opts))
+    if opts.pseudonym_key is not None:
+        _pseudonymise(tables, opts.pseudonym_key)
+    overlap = _overlap(tables)
+    with atomic_directory(opts.out, force=opts.force) as tmp:
+        entries = [_write_table(t, tmp, opts.pseudonym_key) for t in tables]
+        manifest = {
+            "format": "cohortctl-store",
+            "format_version": STORE_FORMAT,
+            "cohortctl_version": __version__,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tables": entries,
+            "roles": clinical_roles,
+            "patients": overlap,
+            "pseudonymized": opts.pseudonym_key is not None,
+            "id_normalisation": "tcga-patient" if opts.tcga_barcodes else (
+                "auto" if opts.tcga_barcodes is None else "none"),
+        }
+        (tmp / "runs").mkdir()
+        write_json(manifest, tmp / MANIFEST)
+        fsync_tree(tmp)
+    return manifest
+
+
+def _check_distinct_names(opts: IngestOptions) -> None:
+    seen: set[str] = set()
+    for spec in [*opts.genetic, *opts.molecular, *opts.outcome]:
+        if spec.name in seen or spec.name == "clinical":
+            raise UsageError(f"table name {spec.name!r} is used twice; name tables with NAME=PATH")
+        seen.add(spec.name)
+
+
+# -- clinical --------------------------------------------------------------------------
+def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
+    path = opts.clinical
+    assert path is not None
+    df = readers.read_table(path, _text_fmt(opts.fmt))
+    id_col = readers.find_id_column(df, path, opts.id_column)
+    ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
+    readers.check_unique_ids(ids, path, id_col)
+    df = df.drop(id_col).insert_column(0, ids)
+    df, dropped = _drop_empty_columns(df, path)
+    roles = _resolve_roles(df, path, opts, dropped)
+    df = _canonical_roles(df, path, roles)
+    for ref in opts.reference:
+        if ref not in df.columns:
+            raise InputDataError(f"{path}: reference column {ref!r} not found (--reference)")
+    info = {
+        "columns_dropped_all_missing": dropped,
+        "column_types": {c: str(df[c].dtype) for c in df.columns if c != "patient_id"},
+    }
+    survival_missing = None
+    if roles.get("time") and roles.get("event"):
+        miss = df[roles["time"]].is_null() | df[roles["event"]].is_null()
+        survival_missing = int(miss.sum())
+    role_info = {
+        **{r: roles.get(r) for r in ROLES},
+        "reference": list(opts.reference),
+        "survival_missing": survival_missing,
+    }
+    return _Table("clinical", "clinical", path, df, info), role_info
+
+
+def _text_fmt(fmt: str | None) -> str | None:
+    return None if fmt == "maf" else fmt
+
+
+def _drop_empty_columns(df: pl.DataFrame, path: Path) -> tuple[pl.DataFrame, list[str]]:
+    empty = [c for c in df.columns if c != "patient_id" and df[c].null_count() == df.height]
+    for c in empty:
+        log.warning("%s: column %r is entirely missing; dropped", path, c)
+    return df.drop(empty), empty
+
+
+def _resolve_roles(df: pl.DataFrame, path: Path, opts: IngestOptions, dropped: list[str]
+                   ) -> dict[str, str | None]:
+    roles: dict[str, str | None] = {}
+    lower = {c.lower(): c for c in df.columns}
+    for role in ROLES:
+        declared = opts.roles.get(role)
+        if declared:
+            if declared in dropped:
+                raise InputDataError(f"{path}: --{role} column {declared!r} is entirely missing")
+            if declared not in df.columns:
+                raise InputDataError(f"{path}: --{role} column {declared!r} not found")
+            roles[role] = declared
+            continue
+        roles[role] = next((lower[n] for n in ROLE_NAMES[role] if n in lower), None)
+    if bool(roles.get("time")) != bool(roles.get("event")):
+        have = "time" if roles.get("time") else "event"
+        log.warning("%s: survival %s column found without its pair; survival not used", path, have)
+        roles["time"] = roles["event"] = None
+    for ref in opts.reference:
+        for role, col in roles.items():
+            if col == ref:
+                raise UsageError(f"column {ref!r} cannot be both --reference and the {role}")
+    return roles
+
+
+def _canonical_roles(df: pl.DataFrame, path: Path, roles: dict[str, str | None]) -> pl.DataFrame:
+    time_col, event_col = roles.get("time"), roles.get("event")
+    if time_col:
+        col = df[time_col]
+        if not col.dtype.is_numeric():
+            bad = col.cast(pl.Float64, strict=False).is_null() & col.is_not_null()
+            row = int(bad.arg_true()[0])
+            raise InputDataError(
+                f"{path}: survival time {col[row]!r} in column {time_col!r}, row {row + 1}, "
+                "is not a number"
+            )
+        col = col.cast(pl.Float64)
+        neg = (col < 0).fill_null(False)
+        if neg.any():
+            row = int(neg.arg_true()[0])
+            raise InputDataError(
+                f"{path}: negative survival time {col[row]} in column {time_col!r}, row {row + 1}"
+            )
+        if col.is_infinite().any():
+            row = int(col.is_infinite().arg_true()[0])
+            raise InputDataError(f"{path}: infinite survival time in column {time_col!r}, row {row + 1}")
+        df = df.with_columns(col.alias(time_col))
+    if event_col:
+        col = df[event_col]
+        text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
+        ok = text.is_null() | text.is_in(list(_EVENT_TRUE | _EVENT_FALSE))
+        if not ok.all():
+            row = int((~ok).arg_true()[0])
+            raise InputDataError(
+                f"{path}: event value {col[row]!r} in column {event_col!r}, row {row + 1}, "
+                "is not 0/1/true/false"
+            )
+        canon = (
+            pl.when(text.is_in(list(_EVENT_TRUE))).then(1)
+            .when(text.is_in(list(_EVENT_FALSE))).then(0)
+            .otherwise(None)
+        )
+        df = df.with_columns(pl.select(canon.cast(pl.Int8)).to_series().alias(event_col))
+    return df
+
+
+# -- genetic ---------------------------------------------------------------------------
+def _is_maf(path: Path, fmt: str | None) -> bool:
+    if fmt == "maf":
+        return True
+    name = path.name.lower().removesuffix(".gz")
+    if name.endswith(".maf"):
+        return True
+    try:
+        kind = readers.detect_format(path, fmt)
+    except InputDataError:
+        return False
+    if kind == "parquet":
+        cols = readers.open_parquet(path).schema_arrow.names
+    else:
+        first = next((ln for ln in readers._text_lines(path) if not ln.startswith("#")), "")
+        cols = first.rstrip("\r\n").split("\t")
+    return all(c in cols for c in readers.MAF_REQUIRED)
+
+
+def _read_genetic(spec: TableSpec, opts: IngestOptions, tables: list[_Table]) -> _Table:
+    path = spec.path
+    readers._check_readable(path)
+    if _is_maf(path, opts.fmt):
+        calls, meta = readers.read_maf(path, opts.maf_classes)
+        covered = readers.normalise_ids(meta["covered"], path, "Tumor_Sample_Barcode",
+                                        opts.tcga_barcodes)
+        calls = calls.with_columns(
+            readers.normalise_ids(calls["patient_id"], path, "Tumor_Sample_Barcode",
+                                  opts.tcga_barcodes)
+        )
+        rule = "patients with any MAF row (any variant class)"
+        clin = next((t for t in tables if t.kind == "clinical"), None)
+        if opts.maf_covers_clinical and clin is not None and clin.frame is not None:
+            covered = pl.concat([covered, clin.frame["patient_id"]]).unique()
+            rule += " + every clinical patient (--maf-covers-clinical)"
+        matrix = readers.maf_to_matrix(calls, covered)
+        info = {"source_format": "maf", "maf": meta["summary"], "coverage_rule": rule,
+                "binary": True}
+        return _Table(spec.name, "genetic", path, matrix, info)
+    df = _read_wide_or_long(spec, opts)
+    values = df.drop("patient_id")
+    binary = all(
+        set(values[c].drop_nulls().unique().to_list()) <= {0, 1, 0.0, 1.0, True, False}
+        for c in values.columns
+    )
+    df, dropped = _drop_empty_columns(df, path)
+    info = {"source_format": readers.detect_format(path, _text_fmt(opts.fmt)), "binary": binary,
+            "columns_dropped_all_missing": dropped}
+    return _Table(spec.name, "genetic", path, df, info)
+
+
+# -- molecular -------------------------------------------------------------------------
+def _read_molecular(spec: TableSpec, opts: IngestOptions) -> _Table:
+    path = spec.path
+    readers._check_readable(path)
+    fmt = readers.detect_format(path, _text_fmt(opts.fmt))
+    if fmt == "parquet" and opts.layout != "long":
+        plan = _plan_parquet_stream(path, opts)
+        if plan is not None:
+            info = {"source_format": "parquet", "layout": "wide",
+                    "columns_dropped_all_missing": plan["dropped"]}
+            return _Table(spec.name, "molecular", path, None, info, stream=plan)
+    df = _read_wide_or_long(spec, opts)
+    df, dropped = _drop_empty_columns(df, path)
+    if df.width < 2:
+        raise InputDataError(f"{path}: no feature columns besides the patient ID")
+    return _Table(spec.name, "molecular", path, df,
+                  {"source_format": fmt, "columns_dropped_all_missing": dropped})
+
+
+def _read_wide_or_long(spec: TableSpec, opts: IngestOptions) -> pl.DataFrame:
+    path = spec.path
+    df = readers.read_table(path, _text_fmt(opts.fmt))
+    id_col = readers.find_id_column(df, path, opts.id_column)
+    long = opts.layout == "long" or (opts.layout == "auto" and readers.is_long_layout(df, id_col))
+    if long:
+        df = df.with_columns(
+            readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes).alias(id_col)
+        )
+        df = readers.pivot_long(df, path, id_col)
+    df = readers.check_finite_numeric(df, path, id_col)
+    ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
+    readers.check_unique_ids(ids, path, id_col)
+    if "patient_id" in df.columns and id_col != "patient_id":
+        raise InputDataError(f"{path}: has both {id_col!r} and a 'patient_id' column")
+    return df.drop(id_col).insert_column(0, ids)
+
+
+def _plan_parquet_stream(path: Path, opts: IngestOptions) -> dict[str, Any] | None:
+    """Validate a wide Parquet table from its schema and metadata, without loading it.
+
+    Values are checked batch by batch while they are copied into the store.
+    """
+    pf = readers.open_parquet(path)
+    schema = pf.schema_arrow
+    names = schema.names
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InputDataError(f"{path}: duplicated column {dup!r}")
+    if pf.metadata.num_rows == 0:
+        raise InputDataError(f"{path}: empty table (no rows)")
+    id_col = readers.find_id_column(pl.DataFrame(schema=dict.fromkeys(names, pl.String)), path,
+                                    opts.id_column)
+    features = [n for n in names if n != id_col]
+    if not features:
+        raise InputDataError(f"{path}: no feature columns besides the patient ID")
+    if "patient_id" in features:
+        raise InputDataError(f"{path}: has both {id_col!r} and a 'patient_id' column")
+    non_numeric = [n for n in features if not _arrow_numeric(schema.field(n).type)]
+    if non_numeric:
+        if len(names) <= 3 and opts.layout == "auto":
+            return None  # probably long layout: let the in-memory reader decide
+        col = pl.from_arrow(pf.read(columns=[non_numeric[0]])).to_series()  # type: ignore[union-attr]
+        as_num = col.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
+        bad = as_num.is_null() & col.is_not_null()
+        row = int(bad.arg_true()[0]) if bad.any() else 0
+        raise InputDataError(
+            f"{path}: non-numeric value {col[row]!r} in column {non_numeric[0]!r}, row {row + 1}"
+        )
+    ids = readers.normalise_ids(
+        pl.from_arrow(pf.read(columns=[id_col])).to_series(), path, id_col,  # type: ignore[union-attr]
+        opts.tcga_barcodes,
+    )
+    readers.check_unique_ids(ids, path, id_col)
+    nulls = _null_counts_from_metadata(pf, features)
+    dropped = [f for f in features if nulls.get(f) == pf.metadata.num_rows]
+    for c in dropped:
+        log.warning("%s: column %r is entirely missing; dropped", path, c)
+    keep = [f for f in features if f not in dropped]
+    if not keep:
+        raise InputDataError(f"{path}: every feature column is entirely missing")
+    return {"id_col": id_col, "features": keep, "dropped": dropped, "ids": ids}
+
+
+def _arrow_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+        or pa.types.is_null(t)
+
+
+def _null_counts_from_metadata(pf: pq.ParquetFile, features: list[str]) -> dict[str, int | None]:
+    md = pf.metadata
+    index = {md.schema.column(i).name: i for i in range(md.num_columns)}
+    out: dict[str, int | None] = {}
+    for f in features:
+        total = 0
+        for rg in range(md.num_row_groups):
+            stats = md.row_group(rg).column(index[f]).statistics if f in index else None
+            if stats is None or not stats.has_null_count:
+                total = -1
+                break
+            total += stats.null_count
+        out[f] = None if total < 0 else total
+    return out
+
+
+# -- outcome ---------------------------------------------------------------------------
+def _read_outcome(spec: TableSpec, opts: IngestOptions) -> _Table:
+    path = spec.path
+    df = readers.read_table(path, _text_fmt(opts.fmt))
+    id_col = readers.find_id_column(df, path, opts.id_column)
+    ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
+    readers.check_unique_ids(ids, path, id_col)
+    df = df.drop(id_col).insert_column(0, ids)
+    df, dropped = _drop_empty_columns(df, path)
+    return _Table(spec.name, "outcome", path, df, {"columns_dropped_all_missing": dropped})
+
+
+# -- privacy ---------------------------------------------------------------------------
+def pseudonym(key: bytes, patient_id: str) -> str:
+    """Keyed, stable pseudonym: HMAC-SHA-256 of the ID, 80 bits as hex with a prefix."""
+    return "P" + hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:20]
+
+
+def _pseudonymise(tables: list[_Table], key: bytes) -> None:
+    mapping: dict[str, str] = {}
+    for t in tables:
+        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
+        for pid in ids.to_list():
+            mapping.setdefault(pid, pseudonym(key, pid))
+    if len(set(mapping.values())) != len(mapping):
+        raise InputDataError("pseudonym collision; use a different key")
+    for t in tables:
+        if t.frame is not None:
+            t.frame = t.frame.with_columns(pl.col("patient_id").replace_strict(mapping))
+        else:
+            t.stream["ids"] = t.stream["ids"].replace_strict(mapping)  # type: ignore[index]
+
+
+def _overlap(tables: list[_Table]) -> dict[str, Any]:
+    sets = {}
+    for t in tables:
+        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
+        sets[f"{t.kind}:{t.name}"] = set(ids.to_list())
+    feature_sets = [s for k, s in sets.items() if k.split(":")[0] in ("genetic", "molecular")]
+    union = set().union(*sets.values())
+    shared_features = set.intersection(*feature_sets) if feature_sets else set()
+    names = list(sets)
+    pairwise = {a: {b: len(sets[a] & sets[b]) for b in names} for a in names}
+    if len(feature_sets) > 1 or (len(sets) > 1):
+        for a in names:
+            others = set().union(*(sets[b] for b in names if b != a))
+            if not sets[a] & others:
+                raise InputDataError(f"table {a} shares no patient with the other tables")
+    return {
+        "total": len(union),
+        "per_table": {k: len(v) for k, v in sets.items()},
+        "in_all_feature_tables": len(shared_features),
+        "pairwise_shared": pairwise,
+    }
+
+
+# -- writing ---------------------------------------------------------------------------
+def _write_table(t: _Table, tmp: Path, key: bytes | None) -> dict[str, Any]:
+    sub = {"clinical": "", "genetic": "genetic/", "molecular": "molecular/",
+           "outcome": "outcome/"}[t.kind]
+    rel = f"tables/{sub}{t.name}.parquet"
+    target = tmp / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if t.frame is not None:
+        frame = t.frame.sort("patient_id")
+        write_parquet(frame, target)
+        rows, columns = frame.height, frame.width - 1
+    else:
+        rows, columns = _stream_parquet(t, target)
+    entry = {
+        "name": t.name,
+        "kind": t.kind,
+        "source_path": str(t.source),
+        "source_sha256": sha256_file(t.source),
+        "store_path": rel,
+        "store_sha256": sha256_file(target),
+        "rows": rows,
+        "columns": columns,
+        **t.info,
+    }
+    return entry
+
+
+def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
+    """Copy a wide Parquet table batch by batch, validating values as they pass."""
+    plan = t.stream
+    assert plan is not None
+    pf = readers.open_parquet(t.source)
+    features: list[str] = plan["features"]
+    ids: pl.Series = plan["ids"]
+    order = ids.arg_sort()
+    sorted_already = bool((order == pl.Series(range(len(ids)))).all())
+    writer = None
+    offset = 0
+    batch_rows = max(256, min(65536, 50_000_000 // max(1, len(features))))
+    try:
+        if not sorted_already and len(ids) * len(features) > 400_000_000:
+            log.info("%s: rows not sorted by patient; stored in input order", t.source)
+            sorted_already = True
+        if sorted_already:
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=features):
+                frame = _check_batch(pl.from_arrow(batch), t.source, features, offset)  # type: ignore[arg-type]
+                frame = frame.insert_column(0, ids.slice(offset, frame.height))
+                writer = writer or pq.ParquetWriter(target, frame.to_arrow().schema,
+                                                    compression="zstd")
+                writer.write_table(frame.to_arrow())
+                offset += frame.height
+        else:
+            frame = _check_batch(pl.from_arrow(pf.read(columns=features)), t.source, features, 0)  # type: ignore[arg-type]
+            frame = frame.insert_column(0, ids).sort("patient_id")
+            write_parquet(frame, target)
+            offset = frame.height
+    except pa.ArrowException as exc:
+        raise InputMissingError(f"{t.source}: corrupt Parquet data ({readers._short(exc)})") from None
+    finally:
+        if writer is not None:
+            writer.close()
+    return offset, len(features)
+
+
+def _check_batch(frame: pl.DataFrame, path: Path, features: list[str], offset: int) -> pl.DataFrame:
+    cols = []
+    for name in features:
+        col = frame[name]
+        if col.dtype == pl.Null:
+            col = col.cast(pl.Float64)
+        elif col.dtype not in (pl.Float32, pl.Float64):
+            col = col.cast(pl.Float64)
+        if col.is_infinite().any():
+            row = int(col.is_infinite().arg_true()[0]) + offset
+            raise InputDataError(f"{path}: infinite value in column {name!r}, row {row + 1}")
+        cols.append(col.fill_nan(None))
+    return pl.DataFrame(cols)
+
+
+def read_key(key_file: Path | None) -> bytes:
+    """The pseudonymisation key: ``--key-file`` or ``COHORTCTL_PSEUDONYM_KEY``."""
+    if key_file is not None:
+        try:
+            key = key_file.read_bytes().strip()
+        except OSError as exc:
+            raise InputMissingError(f"{key_file}: cannot read key file ({exc.strerror})") from None
+    else:
+        key = os.environ.get("COHORTCTL_PSEUDONYM_KEY", "").encode()
+    if len(key) < 16:
+        raise UsageError(
+            "--pseudonymize needs a key of at least 16 bytes in COHORTCTL_PSEUDONYM_KEY "
+            "or --key-file"
+        )
+    return key
+
+
+def table_names(specs: Sequence[TableSpec]) -> list[str]:
+    return [s.name for s in specs]
