@@ -1,0 +1,1 @@
+"""Clustering: feature integration, methods, stability and the run writer."""

@@ -1,0 +1,266 @@
+"""Clustering methods and their model selection.
+
+* ``auto`` / ``hdbscan``: UMAP (5-D) of the integrated matrix, then HDBSCAN. Minimum
+  cluster size candidates come from the cohort size (2%, 5%, 10% of patients, at least
+  5) unless ``--min-cluster-size`` fixes it. Each candidate is scored by its bootstrap
+  agreement: the mean adjusted Rand index between the candidate's partition and the
+  re-clusterings of 80% subsamples (new UMAP, new HDBSCAN each). The most stable
+  candidate wins (ties: the larger size). For cohorts up to ``CONSENSUS_MAX`` patients
+  the final partition is HDBSCAN on the consensus distance (1 - co-clustering
+  frequency), which is far less sensitive to one embedding's randomness; above that,
+  HDBSCAN on the full-cohort embedding.
+* ``kmeans``, ``ward``, ``spectral``, ``snf``: K chosen over ``--k-range`` by the mean
+  silhouette (default) or by PAC of the bootstrap consensus (``--k-criterion pac``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from cohortctl.cluster import stability
+from cohortctl.cluster.embed import umap_embed
+
+log = logging.getLogger("cohortctl")
+
+CONSENSUS_MAX = 4000
+UMAP_DIMS = 5
+
+
+@dataclass
+class ClusterResult:
+    """Labels (-1 = unassigned) and everything needed to judge them."""
+
+    labels: np.ndarray
+    confidence: np.ndarray
+    nearest: np.ndarray
+    embedding: np.ndarray  # (n, UMAP_DIMS) space clustered (or integrated for K-methods)
+    scores: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, Any] = field(default_factory=dict)
+    stability: dict[int, float] = field(default_factory=dict)
+    consensus: dict[str, Any] | None = None
+    runs: list[stability.BootRun] = field(default_factory=list)
+
+
+def subsample_indices(n: int, rng: np.random.Generator, fraction: float, cap: int) -> np.ndarray:
+    size = max(3, min(int(round(fraction * n)), cap))
+    return np.sort(rng.choice(n, size=min(size, n), replace=False))
+
+
+def _hdbscan(X: np.ndarray, mcs: int, precomputed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    import hdbscan
+
+    mcs = max(2, min(mcs, X.shape[0] - 1))
+    model = hdbscan.HDBSCAN(
+        min_cluster_size=mcs, metric="precomputed" if precomputed else "euclidean",
+        core_dist_n_jobs=1,
+    )
+    labels = model.fit_predict(X)
+    return labels.astype(np.int64), np.asarray(model.probabilities_, dtype=np.float64)
+
+
+def mcs_candidates(n: int, fixed: int | None) -> list[int]:
+    if fixed:
+        return [fixed]
+    return sorted({max(5, int(round(f * n))) for f in (0.02, 0.05, 0.10)})
+
+
+def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,
+                 n_neighbors: int, subsample: float, max_subsample: int, workers: int = 1,
+                 progress: Callable[[str], None] | None = None) -> ClusterResult:
+    """UMAP + HDBSCAN with data-driven minimum cluster size and bootstrap stability."""
+    n = Z.shape[0]
+    rng = np.random.default_rng(seed)
+    candidates = mcs_candidates(n, fixed_mcs)
+    tasks = []
+    for _b in range(bootstrap):
+        idx = subsample_indices(n, rng, subsample, max_subsample)
+        tasks.append((idx, int(rng.integers(0, 2**31 - 1))))
+    boot, embedding = _bootstrap_with_reference(
+        Z, tasks, candidates, n_neighbors, seed, workers, progress)
+    runs_by_mcs: dict[int, list[stability.BootRun]] = {
+        m: [(idx, labs[m]) for (idx, _s), labs in zip(tasks, boot, strict=True)]
+        for m in candidates
+    }
+    use_consensus = n <= CONSENSUS_MAX and bootstrap >= 5
+    scores, results = [], {}
+    for m in candidates:
+        cons = None
+        if use_consensus:
+            cons = stability.coassociation(n, runs_by_mcs[m])
+            labels, prob = _hdbscan(1.0 - cons, m, precomputed=True)
+        else:
+            labels, prob = _hdbscan(embedding, m)
+        k = int(labels.max() + 1)
+        agree = [adjusted_rand_score(labels[idx], lab) for idx, lab in runs_by_mcs[m]]
+        score = float(np.mean(agree)) if agree and k >= 2 else 0.0
+        scores.append({"min_cluster_size": m, "clusters": k,
+                       "unassigned": int((labels < 0).sum()),
+                       "bootstrap_agreement_ari": round(score, 6)})
+        results[m] = (labels, prob, cons)
+    best = max(candidates, key=lambda m: (next(s["bootstrap_agreement_ari"] for s in scores
+                                               if s["min_cluster_size"] == m), m))
+    labels, prob, cons = results[best]
+    labels = stability.relabel_by_size(labels)
+    runs = runs_by_mcs[best]
+    res = finish(labels, embedding, runs, cons)
+    res.scores = scores
+    res.chosen = {"min_cluster_size": best, "criterion": "bootstrap_agreement_ari",
+                  "final_partition": "consensus" if use_consensus else "embedding"}
+    return res
+
+
+_SHARED: dict[str, Any] = {}
+
+
+def _boot_one(task: tuple[np.ndarray, int]) -> dict[int, np.ndarray]:
+    """One bootstrap re-clustering: new UMAP of the subsample, HDBSCAN per candidate."""
+    Z, candidates, n_neighbors = _SHARED["Z"], _SHARED["candidates"], _SHARED["n_neighbors"]
+    idx, run_seed = task
+    emb = umap_embed(Z[idx], n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=run_seed,
+                     n_epochs=200)
+    return {m: _hdbscan(emb, m)[0] for m in candidates}
+
+
+def _worker_init() -> None:
+    """Workers are single-threaded: parallelism comes from the pool itself."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    numba.set_num_threads(1)
+    threadpool_limits(limits=1)
+
+
+def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]],
+                              candidates: list[int], n_neighbors: int, seed: int, workers: int,
+                              progress: Callable[[str], None] | None
+                              ) -> tuple[list[dict[int, np.ndarray]], np.ndarray]:
+    """Bootstrap runs (in forked worker processes when ``workers > 1``) and, meanwhile,
+    the full-cohort embedding. Each run depends only on its own (indices, seed), so the
+    result is the same whatever the number of workers."""
+    _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
+    try:
+        if workers <= 1 or len(tasks) < 4:
+            embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
+            out = []
+            for i, task in enumerate(tasks):
+                out.append(_boot_one(task))
+                if progress:
+                    progress(f"bootstrap {i + 1}/{len(tasks)}")
+            return out, embedding
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork")
+        with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
+            pending = pool.map_async(_boot_one, tasks, chunksize=1)
+            embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
+            out = pending.get()
+        return out, embedding
+    finally:
+        _SHARED.clear()
+
+
+def finish(labels: np.ndarray, space: np.ndarray, runs: list[stability.BootRun],
+           cons: np.ndarray | None) -> ClusterResult:
+    """Confidence, nearest cluster, per-cluster stability and consensus summary."""
+    n = labels.shape[0]
+    clusters = [c for c in np.unique(labels) if c >= 0]
+    nearest = labels.copy()
+    if clusters and (labels < 0).any():
+        noise = np.flatnonzero(labels < 0)
+        if cons is not None:
+            aff = np.column_stack([cons[np.ix_(noise, np.flatnonzero(labels == c))].mean(axis=1)
+                                   for c in clusters])
+        else:
+            cents = np.vstack([space[labels == c].mean(axis=0) for c in clusters])
+            aff = -((space[noise, None, :] - cents[None]) ** 2).sum(axis=2)
+        nearest[noise] = np.asarray(clusters)[np.argmax(aff, axis=1)]
+    if runs:
+        conf = stability.patient_confidence(labels, runs)
+        stab = stability.jaccard_stability(labels, runs)
+        if (labels < 0).any():
+            # Unassigned: how often they co-cluster with their nearest cluster.
+            conf[labels < 0] = stability.patient_confidence(nearest, runs)[labels < 0] * 0.5
+    else:
+        conf = np.ones(n)
+        stab = {}
+    summary = stability.consensus_summary(cons, labels) if cons is not None else None
+    return ClusterResult(labels=labels, confidence=np.round(conf, 6), nearest=nearest,
+                         embedding=space, stability=stab, consensus=summary, runs=runs)
+
+
+# -- K-based methods ------------------------------------------------------------------
+def _k_labels(method: str, X: np.ndarray, k: int, seed: int,
+              affinity: np.ndarray | None = None) -> np.ndarray:
+    if method == "kmeans":
+        from sklearn.cluster import KMeans
+
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
+    if method == "ward":
+        from sklearn.cluster import AgglomerativeClustering
+
+        return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(X)
+    if method == "spectral":
+        from sklearn.cluster import SpectralClustering
+
+        nn = max(2, min(10, X.shape[0] - 1))
+        return SpectralClustering(n_clusters=k, affinity="nearest_neighbors", n_neighbors=nn,
+                                  random_state=seed, assign_labels="cluster_qr").fit_predict(X)
+    if method == "snf":
+        from cohortctl.cluster.snf import spectral_labels
+
+        assert affinity is not None
+        return spectral_labels(affinity, k, seed=seed)
+    raise ValueError(method)
+
+
+def k_cluster(method: str, X: np.ndarray, *, k_values: list[int], seed: int, bootstrap: int,
+              criterion: str, subsample: float, max_subsample: int,
+              affinity_fn: Callable[[np.ndarray | None], np.ndarray] | None = None,
+              progress: Callable[[str], None] | None = None) -> ClusterResult:
+    """Fit every K, score it, keep the best; bootstrap stability for the chosen K."""
+    n = X.shape[0]
+    k_values = [k for k in k_values if 2 <= k < n]
+    if not k_values:
+        from cohortctl.errors import InputDataError
+
+        raise InputDataError(f"only {n} patients: too few for any K in the requested range")
+    rng = np.random.default_rng(seed)
+    full_aff = affinity_fn(None) if affinity_fn else None
+    fits, scores = {}, []
+    boot_idx = [subsample_indices(n, rng, subsample, max_subsample) for _ in range(bootstrap)]
+    for k in k_values:
+        labels = _k_labels(method, X, k, seed, full_aff)
+        fits[k] = labels
+        if method == "snf" and full_aff is not None:
+            dist = 1.0 - full_aff / max(full_aff.max(), 1e-12)
+            np.fill_diagonal(dist, 0.0)
+            sil = silhouette_score(dist, labels, metric="precomputed") if len(set(labels)) > 1 else -1
+        else:
+            sil = silhouette_score(X, labels) if len(set(labels)) > 1 else -1.0
+        row: dict[str, Any] = {"k": k, "silhouette": round(float(sil), 6)}
+        if criterion == "pac" and bootstrap and n <= CONSENSUS_MAX:
+            runs = [(idx, _k_labels(method, X[idx], k, seed,
+                                    affinity_fn(idx) if affinity_fn else None))
+                    for idx in boot_idx]
+            row["pac"] = round(stability.pac_score(stability.coassociation(n, runs)), 6)
+        scores.append(row)
+        if progress:
+            progress(f"K={k}")
+    if criterion == "pac" and all("pac" in s for s in scores):
+        best = min(scores, key=lambda s: (s["pac"], -s["silhouette"]))["k"]
+    else:
+        best = max(scores, key=lambda s: (s["silhouette"], -s["k"]))["k"]
+    labels = stability.relabel_by_size(fits[best])
+    runs = [(idx, _k_labels(method, X[idx], best, seed, affinity_fn(idx) if affinity_fn else None))
+            for idx in boot_idx]
+    cons = stability.coassociation(n, runs) if runs and n <= CONSENSUS_MAX else None
+    res = finish(labels, X, runs, cons)
+    res.scores = scores
+    res.chosen = {"k": best, "criterion": criterion}
+    return res

@@ -1,0 +1,334 @@
+"""Feature matrices per modality, fitted once and re-applied to new patients.
+
+Each :class:`BlockModel` is estimator-like (``fit`` / ``transform``) and serialises to
+JSON + Parquet (never pickle), so ``assign`` can place new patients later.
+
+Per block (documented in docs/methods.md):
+
+1. drop features missing in more than ``max_missing`` of patients (default 20%);
+2. molecular: methylation-like blocks (all values in [0, 1]) -> M-values
+   ``log2((b+eps)/(1-b+eps))``; non-negative integer-valued blocks with a large range
+   (counts) -> ``log1p``;
+3. drop near-constant features; keep the ``top_features`` most variable (default 2000);
+   genetic: keep genes mutated in at least ``min_mutated`` patients (default
+   ``max(3, 1% of patients)``);
+4. impute (median for continuous, mode for binary) and standardise;
+5. PCA keeping the components that explain ``variance`` (default 80%, at most 50);
+6. MFA weighting: the block's scores are divided by its first singular value, so that
+   no modality dominates because it has more features.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from cohortctl.errors import InputDataError
+
+EPS_BETA = 1e-3
+
+
+@dataclass
+class FeatureSettings:
+    """User-tunable preprocessing settings (all recorded in params.json)."""
+
+    max_missing: float = 0.2
+    top_features: int = 2000
+    min_mutated: int | None = None
+    variance: float = 0.8
+    max_components: int = 50
+    transform: str = "auto"  # auto | none | mvalue | log1p
+
+
+@dataclass
+class BlockModel:
+    """Fitted preprocessing of one modality (a 'block')."""
+
+    name: str
+    kind: str  # molecular | genetic | clinical
+    features: list[str] = field(default_factory=list)
+    transform: str = "none"
+    impute: list[float] = field(default_factory=list)
+    center: list[float] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    components: np.ndarray | None = None  # (k, p)
+    explained_variance_ratio: list[float] = field(default_factory=list)
+    first_singular_value: float = 1.0
+    n_fit_patients: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)  # clinical one-hot
+
+    # -- fitting ------------------------------------------------------------------
+    def fit(self, df: pl.DataFrame, settings: FeatureSettings) -> BlockModel:
+        """Learn features, transform, imputation, scaling and PCA from ``df``."""
+        n = df.height
+        if n < 3:
+            raise InputDataError(
+                f"modality {self.name!r}: only {n} patient(s); at least 3 are needed to cluster"
+            )
+        if self.kind == "clinical":
+            df = self._expand_clinical(df, fit=True)
+        values = df.drop("patient_id")
+        miss = values.null_count().row(0)
+        cols = values.columns
+        keep = [c for c, m in zip(cols, miss, strict=True) if m / n <= settings.max_missing]
+        self.dropped["too_missing"] = len(cols) - len(keep)
+        X = _to_numpy(values.select(keep))
+        if self.kind == "molecular":
+            self.transform = _choose_transform(X, settings.transform)
+            X = _apply_transform(X, self.transform)
+        with np.errstate(invalid="ignore"):
+            var = np.nanvar(X, axis=0) if X.size else np.zeros(0)
+        var = np.nan_to_num(var, nan=0.0)
+        if self.kind == "genetic":
+            min_mut = settings.min_mutated or max(3, int(np.ceil(0.01 * n)))
+            counts = np.nansum(X != 0, axis=0)
+            ok = counts >= min_mut
+            self.dropped["rare"] = int((~ok).sum())
+        else:
+            ok = var > 1e-12 * max(1.0, float(np.nanmax(np.abs(X))) if X.size else 1.0)
+            self.dropped["constant"] = int((~ok).sum())
+        idx = np.flatnonzero(ok)
+        if self.kind != "genetic" and idx.size > settings.top_features:
+            order = np.argsort(-var[idx], kind="stable")[: settings.top_features]
+            self.dropped["low_variance"] = int(idx.size - settings.top_features)
+            idx = np.sort(idx[order])
+        if idx.size == 0:
+            raise InputDataError(
+                f"modality {self.name!r}: no usable feature left after filtering "
+                "(all too missing, constant or rare)"
+            )
+        self.features = [keep[i] for i in idx]
+        X = X[:, idx]
+        binary = self.kind == "genetic" or np.all(np.isin(X[~np.isnan(X)], (0.0, 1.0)))
+        if binary:
+            imp = np.array([_mode01(X[:, j]) for j in range(X.shape[1])])
+        else:
+            imp = np.nanmedian(X, axis=0)
+        X = np.where(np.isnan(X), imp, X)
+        center = X.mean(axis=0)
+        scale = X.std(axis=0)
+        scale[scale < 1e-12] = 1.0
+        self.impute, self.center, self.scale = imp.tolist(), center.tolist(), scale.tolist()
+        Xs = (X - center) / scale
+        self._fit_pca(Xs, settings)
+        self.n_fit_patients = n
+        return self
+
+    def _fit_pca(self, Xs: np.ndarray, settings: FeatureSettings) -> None:
+        from sklearn.utils.extmath import randomized_svd
+
+        n, p = Xs.shape
+        kmax = max(1, min(settings.max_components, n - 1, p))
+        if min(n, p) <= 1000:
+            _u, s, vt = np.linalg.svd(Xs, full_matrices=False)
+        else:
+            _u, s, vt = randomized_svd(Xs, n_components=kmax, random_state=0, n_iter=6)
+        vt = _fix_signs(vt)
+        total = float((Xs**2).sum())
+        ratio = (s**2) / total if total > 0 else np.zeros_like(s)
+        k = int(np.searchsorted(np.cumsum(ratio), settings.variance) + 1)
+        k = max(1, min(k, kmax))
+        self.components = vt[:k]
+        self.explained_variance_ratio = ratio[:k].tolist()
+        self.first_singular_value = float(s[0]) / np.sqrt(n) if s[0] > 0 else 1.0
+
+    # -- applying -------------------------------------------------------------------
+    def transform_frame(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted block scores for the patients in ``df`` and the fraction of
+        features each patient actually had (before imputation)."""
+        if self.kind == "clinical":
+            df = self._expand_clinical(df, fit=False)
+        missing = [f for f in self.features if f not in df.columns]
+        present = [f for f in self.features if f in df.columns]
+        cols = [
+            pl.col(f).cast(pl.Float64) if f in present else pl.lit(None, pl.Float64).alias(f)
+            for f in self.features
+        ]
+        X = _to_numpy(df.select(cols))
+        if self.kind == "molecular":
+            X = _apply_transform(X, self.transform)
+        observed = 1.0 - np.isnan(X).mean(axis=1) if X.size else np.zeros(df.height)
+        if missing:
+            observed = observed * 1.0
+        X = np.where(np.isnan(X), np.asarray(self.impute), X)
+        Xs = (X - np.asarray(self.center)) / np.asarray(self.scale)
+        assert self.components is not None
+        scores = Xs @ self.components.T / self.first_singular_value
+        return scores, observed
+
+    def _expand_clinical(self, df: pl.DataFrame, fit: bool) -> pl.DataFrame:
+        out = [df["patient_id"]]
+        for c in df.columns:
+            if c == "patient_id":
+                continue
+            col = df[c]
+            if col.dtype.is_numeric() and not (fit is False and c in self.categories):
+                out.append(col.cast(pl.Float64))
+                continue
+            if fit:
+                levels = sorted(str(v) for v in col.drop_nulls().unique().to_list())
+                self.categories[c] = levels
+            for level in self.categories.get(c, []):
+                ind = (col.cast(pl.String) == level).cast(pl.Float64)
+                out.append(ind.alias(f"{c}={level}"))
+        return pl.DataFrame(out)
+
+    # -- serialisation ----------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """``block-<name>.json`` (settings, vectors) + ``block-<name>-pca.parquet``."""
+        meta = asdict(self)
+        meta.pop("components")
+        (directory / f"block-{self.name}.json").write_text(
+            json.dumps(meta, indent=2, sort_keys=True) + "\n"
+        )
+        assert self.components is not None
+        comp = pl.DataFrame(
+            {"feature": self.features,
+             **{f"pc{i + 1}": self.components[i] for i in range(self.components.shape[0])}}
+        )
+        from cohortctl.store import write_parquet
+
+        write_parquet(comp, directory / f"block-{self.name}-pca.parquet")
+
+    @classmethod
+    def load(cls, directory: Path, name: str) -> BlockModel:
+        meta = json.loads((directory / f"block-{name}.json").read_text())
+        comp = pl.read_parquet(directory / f"block-{name}-pca.parquet")
+        if comp["feature"].to_list() != meta["features"]:
+            raise InputDataError(f"{directory}: block {name!r} loadings do not match its features")
+        model = cls(**meta)
+        model.components = comp.drop("feature").to_numpy().T.copy()
+        return model
+
+
+def _to_numpy(df: pl.DataFrame) -> np.ndarray:
+    if df.width == 0:
+        return np.zeros((df.height, 0))
+    return df.select(pl.all().cast(pl.Float64)).to_numpy().astype(np.float64, copy=False)
+
+
+def _mode01(col: np.ndarray) -> float:
+    vals = col[~np.isnan(col)]
+    if vals.size == 0:
+        return 0.0
+    uniq, counts = np.unique(vals, return_counts=True)
+    return float(uniq[np.argmax(counts)])
+
+
+def _choose_transform(X: np.ndarray, requested: str) -> str:
+    if requested != "auto":
+        return requested
+    finite = X[~np.isnan(X)]
+    if finite.size == 0:
+        return "none"
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= 0.0 and hi <= 1.0 and np.unique(finite[:1000]).size > 2:
+        return "mvalue"
+    if lo >= 0.0 and hi > 1000 and np.all(np.mod(finite[:100000], 1) == 0):
+        return "log1p"
+    return "none"
+
+
+def _apply_transform(X: np.ndarray, transform: str) -> np.ndarray:
+    if transform == "mvalue":
+        b = np.clip(X, 0.0, 1.0)
+        return np.log2((b + EPS_BETA) / (1.0 - b + EPS_BETA))
+    if transform == "log1p":
+        return np.log1p(np.clip(X, 0.0, None))
+    return X
+
+
+def _fix_signs(vt: np.ndarray) -> np.ndarray:
+    """Deterministic component signs: largest absolute loading positive."""
+    idx = np.argmax(np.abs(vt), axis=1)
+    signs = np.sign(vt[np.arange(vt.shape[0]), idx])
+    signs[signs == 0] = 1.0
+    return vt * signs[:, None]
+
+
+@dataclass
+class Integrated:
+    """The integrated matrix: every patient with at least one block, in one space."""
+
+    patient_ids: list[str]
+    matrix: np.ndarray
+    block_slices: dict[str, tuple[int, int]]
+    present: dict[str, np.ndarray]  # block -> bool mask over patients
+    imputed_blocks: dict[str, list[str]]  # block -> patients whose scores were imputed
+
+    def summary(self) -> dict[str, Any]:
+        n = len(self.patient_ids)
+        return {
+            "patients": n,
+            "dimensions": int(self.matrix.shape[1]),
+            "patients_per_block": {b: int(m.sum()) for b, m in self.present.items()},
+            "missing_per_block": {b: int(n - m.sum()) for b, m in self.present.items()},
+            "patients_missing_any_block": int(
+                sum(1 for i in range(n) if not all(m[i] for m in self.present.values()))
+            ),
+        }
+
+
+def integrate(blocks: dict[str, tuple[list[str], np.ndarray]], k_impute: int = 10) -> Integrated:
+    """Concatenate weighted block scores; a patient missing a block gets that block's
+    scores from its nearest complete patients, measured on the blocks it has."""
+    ids = sorted(set().union(*(set(p) for p, _ in blocks.values())))
+    index = {p: i for i, p in enumerate(ids)}
+    n = len(ids)
+    widths = {b: s.shape[1] for b, (_, s) in blocks.items()}
+    slices, start = {}, 0
+    for b in blocks:
+        slices[b] = (start, start + widths[b])
+        start += widths[b]
+    M = np.zeros((n, start))
+    present = {}
+    for b, (pids, scores) in blocks.items():
+        rows = np.fromiter((index[p] for p in pids), dtype=np.int64, count=len(pids))
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        M[rows, slices[b][0]:slices[b][1]] = scores
+        present[b] = mask
+    complete = np.all(np.column_stack(list(present.values())), axis=1)
+    imputed: dict[str, list[str]] = {b: [] for b in blocks}
+    if not complete.all():
+        if complete.sum() < 2:
+            raise InputDataError(
+                "fewer than 2 patients have every modality; cannot place patients missing one "
+                "(cluster fewer modalities with --modalities)"
+            )
+        M = impute_missing_blocks(M, present, slices, complete, k_impute)
+        for b, mask in present.items():
+            imputed[b] = [ids[i] for i in np.flatnonzero(~mask)]
+    return Integrated(ids, M, slices, present, imputed)
+
+
+def impute_missing_blocks(M: np.ndarray, present: dict[str, np.ndarray],
+                          slices: dict[str, tuple[int, int]], complete: np.ndarray,
+                          k: int, reference: np.ndarray | None = None) -> np.ndarray:
+    """Fill absent blocks with the mean of the k nearest reference patients (complete
+    training patients), distances computed on the blocks the patient has."""
+    from sklearn.neighbors import NearestNeighbors
+
+    ref = M[complete] if reference is None else reference
+    M = M.copy()
+    masks = np.column_stack([present[b] for b in slices])
+    patterns = {tuple(row) for row in masks[~masks.all(axis=1)]}
+    names = list(slices)
+    for pat in sorted(patterns):
+        rows = np.flatnonzero((masks == np.array(pat)).all(axis=1))
+        have = [b for b, h in zip(names, pat, strict=True) if h]
+        lack = [b for b, h in zip(names, pat, strict=True) if not h]
+        cols = np.concatenate([np.arange(*slices[b]) for b in have])
+        kk = min(k, ref.shape[0])
+        nn = NearestNeighbors(n_neighbors=kk).fit(ref[:, cols])
+        _d, nbr = nn.kneighbors(M[np.ix_(rows, cols)])
+        for b in lack:
+            s0, s1 = slices[b]
+            M[rows, s0:s1] = ref[:, s0:s1][nbr].mean(axis=1)
+    return M
