@@ -1,0 +1,703 @@
+"""Survival by cluster (and by treatment within cluster) with Kaplan–Meier, log-rank and Cox PH.
+
+Privacy rules for curves (``min_cell``, default 5):
+
+* a curve is only drawn for a group whose analysed size is displayed (>= ``min_cell`` and not
+  withheld);
+* the curve is **truncated** at the first event time at which fewer than ``min_cell`` patients
+  are at risk;
+* the curve is **coarsened** so that every displayed drop aggregates at least ``min_cell``
+  events: a point ``(time, survival, CI, at risk)`` is emitted only once the events since the
+  previous point reach ``min_cell`` (the value is the true Kaplan–Meier estimate at that time).
+  The curve ends at its last emitted point; plot it as a step function through the points.
+* the median survival (and its CI bounds) is shown only when it lies within the displayed
+  (truncated) range; "not reached" is reported as a flag.
+
+Log-rank and Cox models use the assigned clusters with >= ``min_cell`` patients (unassigned
+and suppressed clusters are excluded). Hazard ratios compare each cluster with the largest
+cluster (by analysed patients; ties -> lowest id).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
+from lifelines.statistics import multivariate_logrank_test
+from lifelines.utils import median_survival_times
+
+from cohortctl.characterise.multiple_testing import bh_qvalues, format_p
+from cohortctl.characterise.privacy import (
+    NOT_SHOWN,
+    UNASSIGNED,
+    CharacteriseInputError,
+    ClusterLayout,
+    check_min_cell,
+    cluster_name,
+    format_count,
+    format_number,
+    suppress_with_margins,
+    to_jsonable,
+)
+
+__all__ = [
+    "KMCurve",
+    "SurvivalByCluster",
+    "SurvivalByTreatment",
+    "km_curve",
+    "survival_by_cluster",
+    "survival_by_treatment_within_cluster",
+]
+
+_CURVE_SCHEMA = {
+    "cluster": pl.Int64,
+    "group": pl.String,
+    "treatment": pl.String,
+    "time": pl.Float64,
+    "survival": pl.Float64,
+    "ci_lower": pl.Float64,
+    "ci_upper": pl.Float64,
+    "at_risk": pl.Int64,
+}
+
+
+@dataclass
+class KMCurve:
+    """A privacy-coarsened Kaplan–Meier curve and median survival of one group."""
+
+    group: str
+    cluster: int
+    treatment: str | None
+    withheld: bool
+    times: list[float] = field(default_factory=list)
+    survival: list[float] = field(default_factory=list)
+    ci_lower: list[float] = field(default_factory=list)
+    ci_upper: list[float] = field(default_factory=list)
+    at_risk: list[int] = field(default_factory=list)
+    median: float | None = None
+    median_ci_lower: float | None = None
+    median_ci_upper: float | None = None
+    median_reached: bool | None = None
+    median_withheld: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable curve."""
+        return to_jsonable(self.__dict__)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Long-format rows for plotting."""
+        return [
+            {
+                "cluster": self.cluster,
+                "group": self.group,
+                "treatment": self.treatment,
+                "time": t,
+                "survival": s,
+                "ci_lower": lo,
+                "ci_upper": hi,
+                "at_risk": n,
+            }
+            for t, s, lo, hi, n in zip(
+                self.times, self.survival, self.ci_lower, self.ci_upper, self.at_risk, strict=True
+            )
+        ]
+
+
+def km_curve(
+    time: np.ndarray,
+    event: np.ndarray,
+    min_cell: int = 5,
+    *,
+    group: str = "all",
+    cluster: int = 0,
+    treatment: str | None = None,
+) -> KMCurve:
+    """Kaplan–Meier curve with truncation/coarsening and median (see module docstring)."""
+    min_cell = check_min_cell(min_cell)
+    time = np.asarray(time, dtype=float)
+    event = np.asarray(event, dtype=bool)
+    out = KMCurve(group=group, cluster=cluster, treatment=treatment, withheld=False)
+    if time.size < min_cell or time.size == 0:
+        out.withheld = True
+        return out
+    kmf = KaplanMeierFitter().fit(time, event_observed=event)
+    et = kmf.event_table
+    sf = kmf.survival_function_.iloc[:, 0]
+    ci = kmf.confidence_interval_
+    out.times.append(0.0)
+    out.survival.append(1.0)
+    out.ci_lower.append(1.0)
+    out.ci_upper.append(1.0)
+    out.at_risk.append(int(time.size))
+    cum = 0
+    last_ok = 0.0
+    for t, d, n in zip(
+        et.index.to_numpy(dtype=float),
+        et["observed"].to_numpy(),
+        et["at_risk"].to_numpy(),
+        strict=True,
+    ):
+        if d == 0:
+            continue
+        if n < min_cell:
+            break
+        last_ok = float(t)
+        cum += int(d)
+        if cum >= min_cell:
+            cum = 0
+            out.times.append(float(t))
+            out.survival.append(float(sf.loc[t]))
+            out.ci_lower.append(float(ci.iloc[:, 0].loc[t]))
+            out.ci_upper.append(float(ci.iloc[:, 1].loc[t]))
+            out.at_risk.append(int(n))
+    med = float(kmf.median_survival_time_)
+    out.median_reached = math.isfinite(med)
+    if out.median_reached and med <= last_ok and med <= out.times[-1]:
+        out.median = med
+        out.median_withheld = False
+        mci = median_survival_times(ci)
+        lo, hi = float(mci.iloc[0, 0]), float(mci.iloc[0, 1])
+        # Columns are (lower survival band, upper band): the lower band crosses 0.5 first.
+        lo, hi = min(lo, hi), max(lo, hi)
+        out.median_ci_lower = lo if math.isfinite(lo) and lo <= last_ok else None
+        out.median_ci_upper = hi if math.isfinite(hi) and hi <= last_ok else None
+    elif not out.median_reached:
+        out.median_withheld = False  # "not reached" is itself safe to report
+    return out
+
+
+def _median_text(c: KMCurve) -> str:
+    if c.withheld or c.median_withheld:
+        return NOT_SHOWN
+    if not c.median_reached:
+        return "not reached"
+    lo = format_number(c.median_ci_lower) if c.median_ci_lower is not None else "NE"
+    hi = format_number(c.median_ci_upper) if c.median_ci_upper is not None else "NE"
+    return f"{format_number(c.median)} ({lo}–{hi})"
+
+
+_EVENT_TRUE = {"1", "true", "t", "yes", "y", "dead", "deceased", "died", "event", "progressed"}
+_EVENT_FALSE = {"0", "false", "f", "no", "n", "alive", "living", "censored", "no event"}
+
+
+def _event_values(s: pl.Series) -> np.ndarray:
+    """Event indicator as float (1/0, NaN missing). Strings like ``"1:DECEASED"`` accepted."""
+    if s.dtype == pl.Boolean:
+        return s.cast(pl.Float64).to_numpy()
+    if s.dtype.is_numeric():
+        v = s.cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+        bad = v[np.isfinite(v) & ~np.isin(v, [0.0, 1.0])]
+        if bad.size:
+            raise CharacteriseInputError(f"event column must be 0/1, found value {bad[0]!r}")
+        return v
+    out = np.full(s.len(), np.nan)
+    for i, raw in enumerate(s.cast(pl.String).to_list()):
+        if raw is None or not raw.strip():
+            continue
+        key = raw.strip().lower()
+        if ":" in key:
+            key = key.split(":", 1)[0].strip()
+        if key in _EVENT_TRUE:
+            out[i] = 1.0
+        elif key in _EVENT_FALSE:
+            out[i] = 0.0
+        else:
+            raise CharacteriseInputError(f"event column has unrecognised value {raw!r} (use 0/1)")
+    return out
+
+
+def _prepare(
+    df: pl.DataFrame, time_col: str, event_col: str, extra: tuple[str, ...] = ()
+) -> tuple[pl.DataFrame, int]:
+    need = ["cluster", time_col, event_col, *extra]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise CharacteriseInputError(f"survival table lacks column(s) {missing}")
+    if not df[time_col].dtype.is_numeric():
+        raise CharacteriseInputError(f"time column {time_col!r} must be numeric")
+    t = df[time_col].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    e = _event_values(df[event_col])
+    ok = np.isfinite(t) & np.isfinite(e)
+    if np.any(t[ok] < 0):
+        raise CharacteriseInputError(f"time column {time_col!r} has negative values")
+    if df["cluster"].null_count():
+        raise CharacteriseInputError("cluster column has missing labels (use -1 for unassigned)")
+    data = pl.DataFrame(
+        {
+            "cluster": df["cluster"].cast(pl.Int64),
+            "time": t,
+            "event": e,
+            **{c: df[c] for c in extra},
+        }
+    )
+    return data.filter(pl.Series(ok)), int((~ok).sum())
+
+
+def _excluded(n: int, min_cell: int) -> dict[str, Any]:
+    sup = 0 < n < min_cell
+    return {"n_excluded": None if sup else n, "n_excluded_suppressed": sup}
+
+
+@dataclass
+class SurvivalByCluster:
+    """Result of :func:`survival_by_cluster`.
+
+    ``summary`` (display): per cluster n, events, median (95% CI), HR (95% CI), p.
+    ``curves``: long-format plotting table (cluster, group, time, survival, ci_lower, ci_upper,
+    at_risk). ``clusters``/``logrank``/``cox`` hold the raw numbers.
+    """
+
+    summary: pl.DataFrame
+    curves: pl.DataFrame
+    clusters: list[dict[str, Any]]
+    logrank: dict[str, Any]
+    cox: dict[str, Any]
+    excluded: dict[str, Any]
+    layout: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    min_cell: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable raw numbers (suppressed values are ``None`` + flag)."""
+        return to_jsonable(
+            {
+                "min_cell": self.min_cell,
+                "layout": self.layout,
+                "clusters": self.clusters,
+                "logrank": self.logrank,
+                "cox": self.cox,
+                "excluded": self.excluded,
+                "notes": self.notes,
+            }
+        )
+
+
+def _cox(data: pl.DataFrame, tested: list[int], events: dict[int, int]) -> dict[str, Any]:
+    sizes = {k: int((data["cluster"] == k).sum()) for k in tested}
+    ref = sorted(tested, key=lambda k: (-sizes[k], k))[0]
+    others = [k for k in tested if k != ref]
+    res: dict[str, Any] = {
+        "reference": ref,
+        "reference_name": cluster_name(ref),
+        "method": "Cox proportional hazards (lifelines CoxPHFitter, Efron ties)",
+        "converged": False,
+        "hazard_ratios": [],
+        "note": None,
+    }
+    pdf = pd.DataFrame({"time": data["time"].to_numpy(), "event": data["event"].to_numpy()})
+    cl = data["cluster"].to_numpy()
+    for k in others:
+        pdf[f"c{k}"] = (cl == k).astype(float)
+    blank = [
+        {
+            "cluster": k,
+            "name": cluster_name(k),
+            "hr": None,
+            "ci_lower": None,
+            "ci_upper": None,
+            "p": None,
+            "estimable": False,
+        }
+        for k in others
+    ]
+    if events.get(ref, 0) == 0:
+        res["note"] = "Hazard ratios not estimable: the reference cluster has no events."
+        res["hazard_ratios"] = blank
+        return res
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cph = CoxPHFitter().fit(pdf, duration_col="time", event_col="event")
+        conv_warn = any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    except (ConvergenceError, np.linalg.LinAlgError, ValueError, ZeroDivisionError) as exc:
+        res["note"] = f"Cox model did not converge ({type(exc).__name__}); hazard ratios omitted."
+        res["hazard_ratios"] = blank
+        return res
+    res["converged"] = True
+    summ = cph.summary
+    unstable = []
+    for k in others:
+        row = summ.loc[f"c{k}"]
+        coef, se = float(row["coef"]), float(row["se(coef)"])
+        ok = events.get(k, 0) > 0 and math.isfinite(coef) and math.isfinite(se) and abs(coef) < 15
+        ok = ok and se < 50
+        if not ok:
+            unstable.append(cluster_name(k))
+        res["hazard_ratios"].append(
+            {
+                "cluster": k,
+                "name": cluster_name(k),
+                "hr": float(row["exp(coef)"]) if ok else None,
+                "ci_lower": float(row["exp(coef) lower 95%"]) if ok else None,
+                "ci_upper": float(row["exp(coef) upper 95%"]) if ok else None,
+                "p": float(row["p"]) if ok else None,
+                "estimable": ok,
+            }
+        )
+    notes = []
+    if unstable:
+        notes.append(
+            "Hazard ratio not estimable (no events or separation) for " + ", ".join(unstable)
+        )
+    if conv_warn:
+        notes.append("the Cox fit reported convergence warnings; interpret with care")
+    res["note"] = ("; ".join(notes) + ".") if notes else None
+    return res
+
+
+def survival_by_cluster(
+    df: pl.DataFrame,
+    min_cell: int = 5,
+    *,
+    time_col: str = "time",
+    event_col: str = "event",
+) -> SurvivalByCluster:
+    """KM curves, log-rank test, Cox hazard ratios and median survival per cluster.
+
+    ``df`` has columns ``patient_id``, ``cluster`` (-1 = unassigned), time and event (0/1,
+    bool). Patients with missing time or event are excluded and counted.
+    """
+    min_cell = check_min_cell(min_cell)
+    data, n_excl = _prepare(df, time_col, event_col)
+    layout = ClusterLayout.from_labels(df["cluster"].cast(pl.Int64).to_list(), min_cell)
+    notes: list[str] = []
+    if layout.suppressed:
+        notes.append(
+            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"({', '.join(layout.suppressed_names)}) and excluded from curves and tests."
+        )
+    shown = layout.shown
+    cl = data["cluster"].to_numpy()
+    t_all = data["time"].to_numpy()
+    e_all = data["event"].to_numpy().astype(bool)
+    ev = np.array([int(e_all[cl == k].sum()) for k in shown], dtype=np.int64)
+    na = np.array([int((cl == k).sum()) for k in shown], dtype=np.int64)
+    counts = np.vstack([ev, na - ev]) if shown else np.zeros((2, 0), np.int64)
+    # Per-cluster n and events are displayed; overall totals are not.
+    sup = suppress_with_margins(counts, min_cell, row_totals="hidden")
+
+    curves: list[KMCurve] = []
+    clusters_raw: list[dict[str, Any]] = []
+    for j, k in enumerate(shown):
+        m = cl == k
+        n_sup = bool(sup.col_totals[j])
+        if n_sup:
+            c = KMCurve(group=cluster_name(k), cluster=k, treatment=None, withheld=True)
+        else:
+            c = km_curve(t_all[m], e_all[m], min_cell, group=cluster_name(k), cluster=k)
+        curves.append(c)
+        clusters_raw.append(
+            {
+                "cluster": k,
+                "name": cluster_name(k),
+                "tested": k in layout.tested,
+                "n": None if n_sup else int(na[j]),
+                "n_suppressed": n_sup,
+                "events": None if sup.cells[0, j] else int(ev[j]),
+                "events_suppressed": bool(sup.cells[0, j]),
+                "censored": None if sup.cells[1, j] else int(na[j] - ev[j]),
+                "censored_suppressed": bool(sup.cells[1, j]),
+                "median": c.median,
+                "median_ci_lower": c.median_ci_lower,
+                "median_ci_upper": c.median_ci_upper,
+                "median_reached": c.median_reached,
+                "median_withheld": c.withheld or c.median_withheld,
+                "curve": c.to_dict(),
+            }
+        )
+
+    tested = [k for k in layout.tested if (cl == k).any()]
+    tmask = np.isin(cl, tested)
+    logrank: dict[str, Any] = {"statistic": None, "df": None, "p": None, "clusters": tested}
+    cox: dict[str, Any] = {
+        "reference": None,
+        "hazard_ratios": [],
+        "converged": False,
+        "note": "fewer than two clusters to compare",
+    }
+    if len(tested) >= 2:
+        if e_all[tmask].sum() == 0:
+            notes.append("No events among tested clusters: log-rank and Cox not computed.")
+            cox["note"] = "no events"
+        else:
+            lr = multivariate_logrank_test(t_all[tmask], cl[tmask], e_all[tmask])
+            logrank.update(
+                statistic=float(lr.test_statistic),
+                df=int(lr.degrees_of_freedom),
+                p=float(lr.p_value),
+            )
+            events = {k: int(e_all[cl == k].sum()) for k in tested}
+            cox = _cox(data.filter(pl.Series(tmask)), tested, events)
+    else:
+        notes.append("Fewer than two clusters large enough to compare survival.")
+    if cox.get("note"):
+        notes.append(f"Cox model: {cox['note']}")
+    if -1 in shown:
+        notes.append("Unassigned patients are shown but excluded from log-rank and Cox models.")
+    notes.append(
+        f"Curves are truncated where fewer than {min_cell} patients remain at risk and "
+        f"coarsened so that each step contains at least {min_cell} events."
+    )
+
+    hr_by = {h["cluster"]: h for h in cox.get("hazard_ratios", [])}
+    rows = []
+    for j, (k, c) in enumerate(zip(shown, curves, strict=True)):
+        h = hr_by.get(k)
+        if k == cox.get("reference"):
+            hr_txt, p_txt = "1 (reference)", ""
+        elif h is not None and h["estimable"]:
+            hr_txt = (
+                f"{format_number(h['hr'])} ({format_number(h['ci_lower'])}–"
+                f"{format_number(h['ci_upper'])})"
+            )
+            p_txt = format_p(h["p"])
+        else:
+            hr_txt, p_txt = NOT_SHOWN, ""
+        rows.append(
+            {
+                "cluster": cluster_name(k),
+                "n": format_count(int(na[j]), bool(sup.col_totals[j]), min_cell),
+                "events": format_count(int(ev[j]), bool(sup.cells[0, j]), min_cell),
+                "median (95% CI)": _median_text(c),
+                "HR (95% CI)": hr_txt,
+                "HR p": p_txt,
+            }
+        )
+    for k in layout.suppressed:
+        rows.append(
+            {
+                "cluster": cluster_name(k),
+                "n": f"<{min_cell}",
+                "events": "suppressed",
+                "median (95% CI)": "suppressed",
+                "HR (95% CI)": "suppressed",
+                "HR p": "",
+            }
+        )
+    summary = pl.DataFrame(
+        rows,
+        schema={
+            c: pl.String
+            for c in ["cluster", "n", "events", "median (95% CI)", "HR (95% CI)", "HR p"]
+        },
+        orient="row",
+    )
+    curve_rows = [r for c in curves for r in c.rows()]
+    curves_df = pl.DataFrame(curve_rows, schema=_CURVE_SCHEMA, orient="row")
+    excluded = _excluded(n_excl, min_cell)
+    if n_excl:
+        shown_n = format_count(
+            n_excl, bool(excluded["n_excluded_suppressed"]), min_cell, standalone=True
+        )
+        notes.append(f"{shown_n} patient(s) excluded for missing time or event.")
+    return SurvivalByCluster(
+        summary=summary,
+        curves=curves_df,
+        clusters=clusters_raw,
+        logrank=logrank,
+        cox=cox,
+        excluded=excluded,
+        layout=layout.to_dict(),
+        notes=notes,
+        min_cell=min_cell,
+    )
+
+
+@dataclass
+class SurvivalByTreatment:
+    """Result of :func:`survival_by_treatment_within_cluster`.
+
+    ``summary`` (display): per cluster x treatment n, events, median (95% CI), and the
+    within-cluster log-rank p / BH q. ``curves``: long-format plotting table.
+    ``clusters``: raw numbers per cluster (groups, log-rank).
+    """
+
+    summary: pl.DataFrame
+    curves: pl.DataFrame
+    clusters: list[dict[str, Any]]
+    excluded: dict[str, Any]
+    layout: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    min_cell: int = 5
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable raw numbers (suppressed values are ``None`` + flag)."""
+        return to_jsonable(
+            {
+                "min_cell": self.min_cell,
+                "layout": self.layout,
+                "clusters": self.clusters,
+                "excluded": self.excluded,
+                "notes": self.notes,
+            }
+        )
+
+
+def survival_by_treatment_within_cluster(
+    df: pl.DataFrame,
+    min_cell: int = 5,
+    *,
+    time_col: str = "time",
+    event_col: str = "event",
+    treatment_col: str = "treatment",
+) -> SurvivalByTreatment:
+    """KM curves by treatment within each displayed cluster, with a log-rank test per cluster.
+
+    Treatment groups below ``min_cell`` analysed patients (or whose size is withheld to protect
+    another group) get no curve and are left out of that cluster's log-rank test. Log-rank
+    p-values of the tested clusters are BH-adjusted across clusters.
+    """
+    min_cell = check_min_cell(min_cell)
+    data, n_excl = _prepare(df, time_col, event_col, (treatment_col,))
+    n_no_trt = int(data[treatment_col].null_count())
+    data = data.filter(pl.col(treatment_col).is_not_null())
+    data = data.with_columns(pl.col(treatment_col).cast(pl.String))
+    layout = ClusterLayout.from_labels(df["cluster"].cast(pl.Int64).to_list(), min_cell)
+    notes: list[str] = []
+    if layout.suppressed:
+        notes.append(
+            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"({', '.join(layout.suppressed_names)})."
+        )
+    cl = data["cluster"].to_numpy()
+    trt = np.array(data[treatment_col].to_list(), dtype=object)
+    t_all = data["time"].to_numpy()
+    e_all = data["event"].to_numpy().astype(bool)
+    treatments = sorted(set(trt.tolist()))
+    curves: list[KMCurve] = []
+    clusters_raw: list[dict[str, Any]] = []
+    rows: list[dict[str, str]] = []
+    pvals: list[float] = []
+    p_index: list[int] = []
+    for k in layout.shown:
+        m = cl == k
+        ev = np.array([int(e_all[m & (trt == g)].sum()) for g in treatments], dtype=np.int64)
+        nn = np.array([int((m & (trt == g)).sum()) for g in treatments], dtype=np.int64)
+        keep = nn > 0
+        tr_k = [g for g, kp in zip(treatments, keep, strict=True) if kp]
+        ev, nn = ev[keep], nn[keep]
+        sup = suppress_with_margins(np.vstack([ev, nn - ev]), min_cell, row_totals="hidden")
+        groups = []
+        usable = []
+        for j, g in enumerate(tr_k):
+            n_sup = bool(sup.col_totals[j])
+            name = f"{cluster_name(k)} / {g}"
+            if n_sup:
+                c = KMCurve(group=name, cluster=k, treatment=g, withheld=True)
+            else:
+                gm = m & (trt == g)
+                c = km_curve(t_all[gm], e_all[gm], min_cell, group=name, cluster=k, treatment=g)
+                usable.append(g)
+            curves.append(c)
+            groups.append(
+                {
+                    "treatment": g,
+                    "n": None if n_sup else int(nn[j]),
+                    "n_suppressed": n_sup,
+                    "events": None if sup.cells[0, j] else int(ev[j]),
+                    "events_suppressed": bool(sup.cells[0, j]),
+                    "median": c.median,
+                    "median_ci_lower": c.median_ci_lower,
+                    "median_ci_upper": c.median_ci_upper,
+                    "median_reached": c.median_reached,
+                    "median_withheld": c.withheld or c.median_withheld,
+                    "curve": c.to_dict(),
+                }
+            )
+            rows.append(
+                {
+                    "cluster": cluster_name(k),
+                    "treatment": g,
+                    "n": format_count(int(nn[j]), n_sup, min_cell),
+                    "events": format_count(int(ev[j]), bool(sup.cells[0, j]), min_cell),
+                    "median (95% CI)": _median_text(c),
+                    "log-rank p": "",
+                    "q": "",
+                }
+            )
+        lr: dict[str, Any] = {
+            "statistic": None,
+            "df": None,
+            "p": None,
+            "q": None,
+            "treatments": usable,
+        }
+        first_row = len(rows) - len(tr_k)
+        if k != UNASSIGNED and k in layout.tested and len(usable) >= 2:
+            um = m & np.isin(trt, usable)
+            if e_all[um].sum() > 0:
+                res = multivariate_logrank_test(t_all[um], trt[um], e_all[um])
+                lr.update(
+                    statistic=float(res.test_statistic),
+                    df=int(res.degrees_of_freedom),
+                    p=float(res.p_value),
+                )
+                pvals.append(float(res.p_value))
+                p_index.append(len(clusters_raw))
+        clusters_raw.append(
+            {
+                "cluster": k,
+                "name": cluster_name(k),
+                "groups": groups,
+                "logrank": lr,
+                "first_row": first_row,
+            }
+        )
+    q = bh_qvalues(pvals)
+    for qi, idx in zip(q, p_index, strict=True):
+        clusters_raw[idx]["logrank"]["q"] = float(qi)
+    for c in clusters_raw:
+        fr = c.pop("first_row")
+        if fr < len(rows) and c["groups"]:
+            rows[fr]["log-rank p"] = format_p(c["logrank"]["p"])
+            rows[fr]["q"] = format_p(c["logrank"]["q"])
+    for k in layout.suppressed:
+        rows.append(
+            {
+                "cluster": cluster_name(k),
+                "treatment": "suppressed",
+                "n": f"<{min_cell}",
+                "events": "suppressed",
+                "median (95% CI)": "suppressed",
+                "log-rank p": "",
+                "q": "",
+            }
+        )
+    summary = pl.DataFrame(
+        rows,
+        schema={
+            c: pl.String
+            for c in ["cluster", "treatment", "n", "events", "median (95% CI)", "log-rank p", "q"]
+        },
+        orient="row",
+    )
+    notes.append(
+        f"Treatment groups with fewer than {min_cell} patients (or withheld to protect another "
+        "group) have no curve and are left out of the log-rank test; unassigned patients are "
+        "not tested."
+    )
+    notes.append(
+        f"Curves are truncated where fewer than {min_cell} patients remain at risk and "
+        f"coarsened so that each step contains at least {min_cell} events."
+    )
+    excluded = _excluded(n_excl, min_cell)
+    excl_trt = _excluded(n_no_trt, min_cell)
+    excluded["n_missing_treatment"] = excl_trt["n_excluded"]
+    excluded["n_missing_treatment_suppressed"] = excl_trt["n_excluded_suppressed"]
+    curve_rows = [r for c in curves for r in c.rows()]
+    return SurvivalByTreatment(
+        summary=summary,
+        curves=pl.DataFrame(curve_rows, schema=_CURVE_SCHEMA, orient="row"),
+        clusters=clusters_raw,
+        excluded=excluded,
+        layout=layout.to_dict(),
+        notes=notes,
+        min_cell=min_cell,
+    )

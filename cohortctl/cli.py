@@ -1,0 +1,309 @@
+"""The ``cohortctl`` command line: a thin layer over the library.
+
+Data (paths, JSON summaries) go to stdout; logs and progress go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import functools
+from collections.abc import Callable
+
+import typer
+
+from cohortctl import __version__
+from cohortctl.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TABLE,
+    CohortError,
+    InputMissingError,
+    UsageError,
+)
+
+EXIT_HELP = "Exit statuses: " + "; ".join(f"{k} {v}" for k, v in sorted(EXIT_TABLE.items()))
+
+app = typer.Typer(
+    name="cohortctl",
+    help=(
+        "Stratify patient cohorts: ingest tables into a store, cluster patients into "
+        "groups, report what distinguishes them and how they fared.\n\n"
+        "Example: cohortctl ingest --molecular mrna=mrna.parquet --clinical clin.tsv -o cohort"
+        " | cohortctl cluster | cohortctl report -o report.html\n\n" + EXIT_HELP
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+log = logging.getLogger("cohortctl")
+_STATE: dict[str, Any] = {"debug": False}
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
+    console = Console(stderr=True)
+    handler = RichHandler(console=console, show_time=False, show_path=False,
+                          markup=False, rich_tracebacks=False)
+    logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("numba").setLevel(logging.WARNING)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cohortctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="More log output.")] = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> None:
+    _STATE["debug"] = debug
+    _setup_logging(verbose, quiet)
+
+
+def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
+    """Map every failure inside a command to one stderr line and a documented status."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except CohortError as exc:
+            _error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _error("interrupted")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            raise typer.Exit(0) from None
+        except MemoryError:
+            _error("out of memory (try fewer features: --top-features, or fewer --bootstrap)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+        except typer.Exit:
+            raise
+        except Exception as exc:
+            if _STATE["debug"]:
+                raise
+            _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+    return wrapper
+
+
+def _emit(path: Path, summary: dict[str, Any], as_json: bool) -> None:
+    """The one line on stdout that lets commands chain in a pipe."""
+    if as_json:
+        typer.echo(json.dumps({"path": str(path), **summary}, sort_keys=True, default=str))
+    else:
+        typer.echo(str(path))
+
+
+def _store_arg(store: str | None) -> Path:
+    """STORE argument, or read from stdin when '-' or omitted and stdin is a pipe."""
+    if store not in (None, "-"):
+        return Path(store)  # type: ignore[arg-type]
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("missing STORE (give a path, or pipe one in from the previous command)")
+    lines = [ln.strip() for ln in sys.stdin.read().splitlines() if ln.strip()]
+    if not lines:
+        raise InputMissingError("no store path on stdin (did the previous command fail?)")
+    last = lines[-1]
+    if last.startswith("{"):
+        try:
+            last = json.loads(last)["path"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError("stdin: JSON line without a 'path' field") from None
+    return Path(last)
+
+
+def _progress():  # noqa: ANN202 - returns a callable
+    def report(msg: str) -> None:
+        log.debug(msg)
+
+    return report
+
+
+# -- ingest ---------------------------------------------------------------------------
+@app.command(epilog="Example:\n\n  cohortctl ingest -o cohort --clinical clinical.tsv "
+             "--genetic mutations.maf.gz --molecular mrna=mrna.parquet\n\n" + EXIT_HELP)
+@_guarded
+def ingest(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Store directory to create.")],
+    clinical: Annotated[Path | None, typer.Option(help="Clinical table (one row per patient).")] = None,
+    genetic: Annotated[list[str] | None, typer.Option(help="[NAME=]PATH: MAF or 0/1 matrix; repeatable.")] = None,
+    molecular: Annotated[list[str] | None, typer.Option(help="[NAME=]PATH: continuous matrix; repeatable.")] = None,
+    outcome: Annotated[list[str] | None, typer.Option(help="[NAME=]PATH: e.g. drug sensitivity; never clustered.")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Patient ID column (default: patient_id or a conventional name).")] = None,
+    time: Annotated[str | None, typer.Option("--time", help="Survival time column.")] = None,
+    event: Annotated[str | None, typer.Option("--event", help="Survival event column (0/1/true/false).")] = None,
+    treatment: Annotated[str | None, typer.Option(help="Treatment column.")] = None,
+    response: Annotated[str | None, typer.Option(help="Response column.")] = None,
+    reference: Annotated[list[str] | None, typer.Option(help="Reference labelling column (only for judging; never clustered).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet|csv|tsv|maf (default: from the extension).")] = None,
+    layout: Annotated[str, typer.Option(help="auto|wide|long.")] = "auto",
+    tcga_barcodes: Annotated[bool | None, typer.Option("--tcga-barcodes/--no-tcga-barcodes", help="Cut TCGA barcodes to the patient (default: detect).")] = None,
+    maf_classes: Annotated[str | None, typer.Option(help="Comma-separated Variant_Classification values to keep (default: protein-altering).")] = None,
+    maf_covers_clinical: Annotated[bool, typer.Option(help="Every clinical patient was sequenced: absent from the MAF = wild-type.")] = False,
+    pseudonymize: Annotated[bool, typer.Option(help="Replace IDs by HMAC-SHA-256 pseudonyms (key: COHORTCTL_PSEUDONYM_KEY or --key-file).")] = False,
+    key_file: Annotated[Path | None, typer.Option(help="File holding the pseudonymisation key.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
+) -> None:
+    """Validate genetic, molecular, clinical and outcome tables into a cohort store."""
+    from cohortctl.ingest import IngestOptions, read_key
+    from cohortctl.ingest import ingest as run_ingest
+    from cohortctl.io.readers import TableSpec
+
+    if layout not in ("auto", "wide", "long"):
+        raise UsageError("--layout must be auto, wide or long")
+    opts = IngestOptions(
+        out=out, clinical=clinical,
+        genetic=[TableSpec.parse(g) for g in genetic or []],
+        molecular=[TableSpec.parse(m) for m in molecular or []],
+        outcome=[TableSpec.parse(o) for o in outcome or []],
+        id_column=id_column,
+        roles={"time": time, "event": event, "treatment": treatment, "response": response},
+        reference=list(reference or []), fmt=fmt, layout=layout, tcga_barcodes=tcga_barcodes,
+        maf_classes=[c.strip() for c in maf_classes.split(",")] if maf_classes else None,
+        maf_covers_clinical=maf_covers_clinical,
+        pseudonym_key=read_key(key_file) if pseudonymize else None, force=force,
+    )
+    manifest = run_ingest(opts)
+    log.info("ingested %d tables, %d patients into %s", len(manifest["tables"]),
+             manifest["patients"]["total"], out)
+    _emit(out, {"patients": manifest["patients"], "roles": manifest["roles"],
+                "tables": [{k: t[k] for k in ("name", "kind", "rows", "columns")}
+                           for t in manifest["tables"]]}, as_json)
+
+
+# -- cluster --------------------------------------------------------------------------
+@app.command(epilog="Examples:\n\n  cohortctl cluster cohort --seed 0\n\n"
+             "  cohortctl cluster cohort --method kmeans --k-range 2..6 --json\n\n"
+             "  cohortctl ingest ... -o cohort | cohortctl cluster | cohortctl report -o r.html"
+             "\n\n" + EXIT_HELP)
+@_guarded
+def cluster(
+    store: Annotated[str | None, typer.Argument(help="Store path, or '-'/omitted to read it from stdin.")] = None,
+    modalities: Annotated[str | None, typer.Option(help="Comma-separated tables to cluster on (default: all genetic+molecular).")] = None,
+    with_clinical: Annotated[str | None, typer.Option(help="Comma-separated clinical columns to add as inputs.")] = None,
+    method: Annotated[str, typer.Option(help="auto|hdbscan|kmeans|ward|spectral|snf.")] = "auto",
+    k: Annotated[int | None, typer.Option("--k", help="Fixed number of clusters (K-based methods).")] = None,
+    k_range: Annotated[str, typer.Option(help="K values to try, e.g. 2..8.")] = "2..8",
+    k_criterion: Annotated[str, typer.Option(help="silhouette|pac: how K is chosen.")] = "silhouette",
+    min_cluster_size: Annotated[int | None, typer.Option(help="HDBSCAN minimum cluster size (default: scanned from cohort size).")] = None,
+    n_neighbors: Annotated[int, typer.Option(help="UMAP neighbours.")] = 15,
+    top_features: Annotated[int, typer.Option(help="Most variable features kept per molecular table.")] = 2000,
+    max_missing: Annotated[float, typer.Option(help="Drop features missing in more than this fraction.")] = 0.2,
+    min_mutated: Annotated[int | None, typer.Option(help="Genes mutated in fewer patients are dropped (default max(3, 1%)).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: same inputs + seed = same output.")] = 0,
+    bootstrap: Annotated[int, typer.Option(help="Subsample re-clusterings for stability.")] = 30,
+    assign_noise: Annotated[bool, typer.Option(help="Attach unassigned patients to their nearest cluster.")] = False,
+    run: Annotated[str | None, typer.Option(help="Run name (default: timestamp-method-seed).")] = None,
+    threads: Annotated[int | None, typer.Option(help="Threads for numeric libraries (results do not depend on it).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
+) -> None:
+    """Build feature matrices, integrate modalities and find patient groups."""
+    from cohortctl.cluster.run import ClusterOptions, parse_k_range
+    from cohortctl.cluster.run import cluster as run_cluster
+    from cohortctl.features import FeatureSettings
+    from cohortctl.store import Store
+
+    if k_criterion not in ("silhouette", "pac"):
+        raise UsageError("--k-criterion must be silhouette or pac")
+    if not 0.0 <= max_missing < 1.0:
+        raise UsageError("--max-missing must be in [0, 1)")
+    if top_features < 1 or n_neighbors < 2:
+        raise UsageError("--top-features must be >= 1 and --n-neighbors >= 2")
+    opts = ClusterOptions(
+        modalities=_split(modalities), with_clinical=_split(with_clinical) or [],
+        method=method, k=k, k_range=parse_k_range(k_range), k_criterion=k_criterion,
+        min_cluster_size=min_cluster_size, n_neighbors=n_neighbors, seed=seed,
+        bootstrap=bootstrap, assign_noise=assign_noise, run=run, threads=threads,
+        features=FeatureSettings(max_missing=max_missing, top_features=top_features,
+                                 min_mutated=min_mutated),
+    )
+    st = Store.open(_store_arg(store))
+    path = run_cluster(st, opts, progress=_progress())
+    metrics = json.loads((path / "metrics.json").read_text())
+    log.info("%d clusters (%s), %d unassigned -> %s", metrics["n_clusters"],
+             metrics["cluster_sizes"], metrics["unassigned"], path)
+    _emit(st.root, {"run": path.name, "run_path": str(path),
+                    **{k: metrics[k] for k in ("n_patients", "n_clusters", "unassigned",
+                                               "silhouette", "stability")}}, as_json)
+
+
+def _split(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+# -- report ---------------------------------------------------------------------------
+@app.command(epilog="Examples:\n\n  cohortctl report cohort -o report.html\n\n"
+             "  cohortctl report cohort --format md -o - \n\n"
+             "  cohortctl report cohort --format json -o report.json --tables tables/\n\n" + EXIT_HELP)
+@_guarded
+def report(
+    store: Annotated[str | None, typer.Argument(help="Store path, or '-'/omitted to read it from stdin.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Report file ('-' for stdout with md/json).")] = Path("report.html"),
+    run: Annotated[str, typer.Option(help="Run name or 'latest'.")] = "latest",
+    fmt: Annotated[str, typer.Option("--format", help="html|json|md.")] = "html",
+    tables: Annotated[Path | None, typer.Option(help="Also write every table as TSV+Parquet here.")] = None,
+    min_cell: Annotated[int, typer.Option(help="Small-cell threshold: counts below it are suppressed.")] = 5,
+    include_ids: Annotated[bool, typer.Option(help="Include patient identifiers (off by default).")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing report file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
+) -> None:
+    """Characterise the groups of a run and write an HTML, JSON or Markdown report."""
+    from cohortctl.report.build import write_report
+    from cohortctl.store import Store
+
+    if fmt not in ("html", "json", "md"):
+        raise UsageError("--format must be html, json or md")
+    if min_cell < 1:
+        raise UsageError("--min-cell must be >= 1")
+    st = Store.open(_store_arg(store))
+    summary = write_report(st, run=run, out=out, fmt=fmt, tables_dir=tables, min_cell=min_cell,
+                           include_ids=include_ids, force=force)
+    if str(out) != "-":
+        _emit(out, summary, as_json)
+
+
+# -- entry point ------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point; returns the exit status (usage errors: 2, from typer)."""
+    try:
+        app(args=argv, prog_name="cohortctl")
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _error(message: str) -> None:
+    text = " ".join(str(message).split())
+    sys.stderr.write(f"cohortctl: error: {text}\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
