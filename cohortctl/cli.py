@@ -5,6 +5,7 @@ Data (paths, JSON summaries) go to stdout; logs and progress go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -286,6 +287,43 @@ def report(
         _emit(out, summary, as_json)
 
 
+# -- simulate ---------------------------------------------------------------------------
+@app.command(epilog="Examples:\n\n  cohortctl simulate -o sim --patients 500 --subtypes 4\n\n"
+             "  cohortctl simulate -o big --patients 100000 --genes 20000 --seed 1\n\n" + EXIT_HELP)
+@_guarded
+def simulate(
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output directory.")],
+    patients: Annotated[int, typer.Option(help="Number of patients.")] = 500,
+    subtypes: Annotated[int, typer.Option(help="Planted subtypes.")] = 4,
+    genes: Annotated[int, typer.Option(help="Expression genes.")] = 2000,
+    mutation_genes: Annotated[int, typer.Option(help="Genes in the mutation table.")] = 200,
+    treatments: Annotated[int, typer.Option(help="Treatment arms.")] = 2,
+    missing_modality_rate: Annotated[float, typer.Option(help="Fraction lacking a modality.")] = 0.1,
+    noise: Annotated[float, typer.Option(help="Noise scale (1 = default difficulty).")] = 1.0,
+    batch_effect: Annotated[float, typer.Option(help="Batch effect size (0 = none).")] = 0.0,
+    no_interaction: Annotated[bool, typer.Option(help="Additive response (negative control).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed -> identical files).")] = 0,
+    fmt: Annotated[str, typer.Option("--format", help="parquet|csv.")] = "parquet",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
+) -> None:
+    """Write a synthetic cohort with planted subtypes, treatment interaction and survival."""
+    from cohortctl.simulate import simulate_cohort
+
+    try:
+        res = simulate_cohort(out, patients=patients, subtypes=subtypes, genes=genes,
+                              mutation_genes=mutation_genes, treatments=treatments,
+                              missing_modality_rate=missing_modality_rate, noise=noise, seed=seed,
+                              fmt=fmt, batch_effect=batch_effect,
+                              interaction=not no_interaction)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        from cohortctl.errors import OutputError
+
+        raise OutputError(f"{out}: cannot write ({exc.strerror or exc})") from None
+    _emit(out, res.to_dict(), as_json)
+
+
 # -- entry point ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (usage errors: 2, from typer)."""
@@ -298,6 +336,22 @@ def main(argv: list[str] | None = None) -> int:
         _error("interrupted")
         return EXIT_INTERRUPTED
     return 0
+
+
+def run() -> None:
+    """Console-script entry: run, then exit without tearing down every imported module.
+
+    Interpreter finalisation of the scientific stack (numba, scipy, sklearn, umap) costs
+    0.6-0.7 s per invocation; exit handlers still run and streams are flushed first.
+    """
+    code = main()
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _error(message: str) -> None:

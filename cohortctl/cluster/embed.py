@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 _CACHE_ENABLED = False
+EXACT_DISTANCE_MAX = 4095  # umap's own threshold for exact nearest neighbours
 
 
 def enable_numba_cache() -> int:
@@ -75,10 +76,18 @@ def umap_embed(X: np.ndarray, *, n_components: int, n_neighbors: int, seed: int,
 
     n = X.shape[0]
     nn = max(2, min(n_neighbors, n - 1))
+    metric = "euclidean"
+    if n <= EXACT_DISTANCE_MAX:
+        # umap computes exact kNN below 4096 points through a slow Python-callable metric;
+        # a vectorised distance matrix gives the same neighbours several times faster.
+        from sklearn.metrics import pairwise_distances
+
+        X = pairwise_distances(X, metric="euclidean")
+        metric = "precomputed"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = umap.UMAP(
-            n_neighbors=nn, n_components=n_components, min_dist=0.0, metric="euclidean",
+            n_neighbors=nn, n_components=n_components, min_dist=0.0, metric=metric,
             random_state=seed, n_epochs=n_epochs, init="spectral" if n > n_components + 1 else "random",
             transform_seed=seed, low_memory=True, verbose=False,
         )

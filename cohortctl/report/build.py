@@ -1,0 +1,717 @@
+"""Gather every section of the report from a store and one of its runs, then write it.
+
+The report is computed once into a :class:`Report` (JSON-able numbers, display tables,
+figure specifications) and rendered as HTML, Markdown or JSON from that single object, so
+every format shows the same numbers under the same small-cell rules.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from cohortctl import characterise as ch
+from cohortctl.characterise.privacy import ClusterLayout, to_jsonable
+from cohortctl.characterise.table1 import looks_like_id_name
+from cohortctl.errors import InputDataError, OutputError, UsageError
+from cohortctl.store import Store, verify_run, version_info
+
+log = logging.getLogger("cohortctl")
+
+FORMATS = ("html", "json", "md")
+MAX_POINTS = 5000  # embedding points drawn in the HTML; the full table goes to --tables
+MAX_HOVER_COLUMNS = 12
+MAX_LEVELS = 20
+TOP_MARKERS = 10
+TOP_GENES = 20
+TOP_OUTCOMES = 20
+ROLE_KEYS = ("time", "event", "treatment", "response")
+
+
+@dataclass
+class Report:
+    """Everything the renderers need: numbers, display tables and figure specifications."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    raw_tables: dict[str, pl.DataFrame] = field(default_factory=dict)
+    figures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    sections: list[dict[str, Any]] = field(default_factory=list)
+
+    def section(self, key: str, title: str, *, note: str = "") -> dict[str, Any]:
+        sec: dict[str, Any] = {"key": key, "title": title, "note": note, "items": []}
+        self.sections.append(sec)
+        return sec
+
+
+def _add_table(rep: Report, sec: dict[str, Any], name: str, title: str, table: pl.DataFrame,
+               *, max_rows: int = 60) -> None:
+    rep.tables[name] = table
+    sec["items"].append({"type": "table", "name": name, "title": title, "max_rows": max_rows})
+
+
+def _add_figure(rep: Report, sec: dict[str, Any], name: str, title: str,
+                spec: dict[str, Any]) -> None:
+    rep.figures[name] = spec
+    sec["items"].append({"type": "figure", "name": name, "title": title})
+
+
+def _add_text(sec: dict[str, Any], text: str) -> None:
+    sec["items"].append({"type": "text", "text": text})
+
+
+# -- gathering -------------------------------------------------------------------------
+def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids: bool = False,
+           progress: Callable[[str], None] | None = None) -> Report:
+    """Compute every section of the report for ``run`` of ``store``."""
+    run_dir = store.resolve_run(run)
+    verify_run(run_dir)
+    params = _read_json(run_dir / "params.json")
+    metrics = _read_json(run_dir / "metrics.json")
+    try:
+        assignments = pl.read_parquet(run_dir / "assignments.parquet")
+    except Exception as exc:  # noqa: BLE001 - any decode failure is corrupt data
+        raise InputDataError(f"{run_dir / 'assignments.parquet'}: unreadable ({exc})") from None
+    labels = assignments.select("patient_id", pl.col("cluster").cast(pl.Int64))
+    layout = ClusterLayout.from_labels(labels["cluster"].to_list(), min_cell)
+    roles = store.roles
+    clinical = store.clinical()
+    rep = Report()
+    rep.data = {
+        "report_format_version": 1,
+        "run": run_dir.name,
+        "min_cell": min_cell,
+        "include_ids": include_ids,
+        "privacy": (f"Counts below {min_cell} are withheld (shown as <{min_cell} or as a mark), "
+                    "with complementary suppression; clusters smaller than "
+                    f"{min_cell} patients are reported only as 'suppressed'. "
+                    + ("Patient identifiers are included (--include-ids)." if include_ids
+                       else "No patient identifiers are included.")),
+    }
+
+    def step(name: str) -> None:
+        if progress:
+            progress(name)
+
+    step("cohort")
+    _cohort_section(rep, store, params, metrics, min_cell)
+    step("groups")
+    _groups_section(rep, assignments, layout, params, metrics, clinical, roles, min_cell,
+                    include_ids)
+    if clinical is not None:
+        step("clinical characteristics")
+        _table1_section(rep, clinical, labels, roles, min_cell)
+        step("survival")
+        _survival_section(rep, clinical, labels, roles, min_cell)
+        step("treatment response")
+        _response_section(rep, store, clinical, labels, roles, min_cell)
+    else:
+        _outcome_tables(rep, store, labels, min_cell, rep.section(
+            "response", "Treatment response and outcomes"))
+    step("markers")
+    _markers_section(rep, store, run_dir, labels, min_cell)
+    step("mutations")
+    _mutations_section(rep, store, labels, min_cell)
+    _methods_section(rep, store, run_dir, params)
+    shown = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
+    rep.raw_tables["embedding"] = shown.select(
+        *(["patient_id"] if include_ids else []), "cluster", "embedding_1", "embedding_2")
+    if include_ids:
+        rep.raw_tables["assignments"] = assignments
+    return rep
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{path}: unreadable run file ({exc})") from None
+
+
+def _p_text(p: float) -> str:
+    text = ch.format_p(p)
+    return f"p {text[0]} {text[1:]}" if text[:1] in "<>" else f"p = {text}"
+
+
+def _count(n: int | None, min_cell: int) -> Any:
+    """A standalone count under the small-cell rule (JSON value)."""
+    if n is None:
+        return None
+    return n if n == 0 or n >= min_cell else f"<{min_cell}"
+
+
+def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
+                    metrics: dict[str, Any], min_cell: int) -> None:
+    sec = rep.section("cohort", "Cohort",
+                      note="Patients per table, overlap between tables, missingness and the "
+                           "features that entered the clustering.")
+    patients = store.manifest.get("patients", {})
+    blocks = params.get("blocks", {})
+    rows = []
+    for t in store.tables:
+        key = f"{t['kind']}:{t['name']}"
+        used = blocks.get(t["name"], {})
+        rows.append({
+            "table": t["name"], "kind": t["kind"],
+            "patients": _count(patients.get("per_table", {}).get(key, t.get("rows")), min_cell),
+            "columns": t.get("columns"),
+            "dropped (all missing)": len(t.get("columns_dropped_all_missing", []) or []),
+            "features used": used.get("features_used"),
+            "PCA components": used.get("components"),
+            "transform": used.get("transform"),
+            "block weight": used.get("weight"),
+            "file": Path(str(t.get("source_path", ""))).name,
+        })
+    table = pl.DataFrame([{k: ("" if v is None else str(v)) for k, v in r.items()} for r in rows])
+    _add_table(rep, sec, "cohort_tables", "Tables in the store", table)
+    names = list(patients.get("pairwise_shared", {}))
+    if names:
+        overlap = pl.DataFrame({"table": names, **{
+            b: [str(_count(patients["pairwise_shared"][a].get(b, 0), min_cell)) for a in names]
+            for b in names}})
+        _add_table(rep, sec, "cohort_overlap", "Patients shared between tables", overlap)
+    mod = metrics.get("modalities", {})
+    clustered = mod.get("patients")
+    _add_text(sec, f"{clustered} patients clustered; "
+                   f"{_count(mod.get('patients_missing_any_block', 0), min_cell)} of them lacked "
+                   "at least one modality and were placed from the modalities they have; "
+                   f"{_count(metrics.get('patients_without_any_modality', 0), min_cell)} patients "
+                   "of the clinical table had no clustering data.")
+    rep.data["cohort"] = to_jsonable({
+        "tables": rows,
+        "patients_total": _count(patients.get("total"), min_cell),
+        "pairwise_shared": {a: {b: _count(v, min_cell) for b, v in row.items()}
+                            for a, row in patients.get("pairwise_shared", {}).items()},
+        "clustered": clustered,
+        "missing_modality": {k: _count(v, min_cell)
+                             for k, v in (mod.get("missing_per_block") or {}).items()},
+        "patients_missing_any_block": _count(mod.get("patients_missing_any_block", 0), min_cell),
+        "patients_without_any_modality": _count(metrics.get("patients_without_any_modality", 0),
+                                                min_cell),
+    })
+
+
+def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayout,
+                    params: dict[str, Any], metrics: dict[str, Any],
+                    clinical: pl.DataFrame | None, roles: dict[str, Any], min_cell: int,
+                    include_ids: bool) -> None:
+    sec = rep.section("groups", "Groups",
+                      note="Cluster sizes, stability (mean Jaccard of the best-matching cluster "
+                           "over bootstrap re-clusterings) and mean patient confidence.")
+    stab = {str(k): v for k, v in (metrics.get("stability") or {}).items()}
+    conf = {str(k): v for k, v in (metrics.get("mean_confidence") or {}).items()}
+    rows, raw = [], []
+    for k in layout.shown:
+        suppressed = k in layout.suppressed
+        n = layout.sizes[k]
+        entry = {"cluster": k, "name": layout.name(k), "suppressed": suppressed,
+                 "n": None if suppressed else n,
+                 "stability": None if suppressed else stab.get(str(k)),
+                 "mean_confidence": None if suppressed else conf.get(str(k))}
+        raw.append(entry)
+        rows.append({
+            "cluster": layout.name(k),
+            "patients": "suppressed" if suppressed else str(n),
+            "stability": "" if entry["stability"] is None else f"{entry['stability']:.2f}",
+            "mean confidence": ("" if entry["mean_confidence"] is None
+                                else f"{entry['mean_confidence']:.2f}"),
+        })
+    _add_table(rep, sec, "groups", "Clusters", pl.DataFrame(rows))
+    n_assigned = sum(layout.sizes[k] for k in layout.sizes if k >= 0)
+    n_clusters = sum(1 for k in layout.sizes if k >= 0)
+    unassigned = layout.sizes.get(-1, 0)
+    _add_text(sec, f"{n_clusters} clusters; {_count(unassigned, min_cell)} patients unassigned "
+                   "(HDBSCAN noise, with their nearest cluster kept in the assignments)."
+              if unassigned or params.get("method") in ("auto", "hdbscan")
+              else f"{n_clusters} clusters.")
+    scores = metrics.get("selection_scores") or []
+    selected = metrics.get("selected") or params.get("resolved") or {}
+    if scores:
+        _add_figure(rep, sec, "selection", "Model selection", _selection_figure(scores, selected))
+        table = pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
+        _add_table(rep, sec, "selection_scores", "Score of every setting tried", table)
+    cons = metrics.get("consensus")
+    reference = _reference_agreement(assignments, clinical, roles)
+    if reference:
+        _add_text(sec, "Agreement with reference labelling (never used for fitting): " + "; ".join(
+            f"{r['column']}: ARI {r['ari']:.3f}" for r in reference))
+    fig, hover_cols = _embedding_figure(assignments, layout, clinical, roles, min_cell,
+                                        include_ids)
+    if fig:
+        _add_figure(rep, sec, "embedding", "Embedding (2-D view of the clustered space)", fig)
+    rep.data["groups"] = to_jsonable({
+        "n_clusters": n_clusters, "n_assigned": n_assigned,
+        "unassigned": _count(unassigned, min_cell), "clusters": raw,
+        "selection_scores": scores, "selected": selected,
+        "consensus": {k: v for k, v in (cons or {}).items() if k != "histogram"} or None,
+        "silhouette": metrics.get("silhouette"),
+        "reference_agreement": reference, "embedding_colour_columns": hover_cols,
+    })
+
+
+def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | None,
+                         roles: dict[str, Any]) -> list[dict[str, Any]]:
+    from sklearn.metrics import adjusted_rand_score
+
+    out = []
+    if clinical is None:
+        return out
+    for col in roles.get("reference") or []:
+        if col not in clinical.columns:
+            continue
+        j = assignments.join(clinical.select("patient_id", col), on="patient_id", how="inner")
+        j = j.filter(pl.col(col).is_not_null())
+        if j.height < 2:
+            continue
+        ari = adjusted_rand_score(j[col].cast(pl.String).to_list(), j["cluster"].to_list())
+        out.append({"column": col, "patients": j.height, "ari": round(float(ari), 4),
+                    "note": "unassigned patients (-1) count as one more group"})
+    return out
+
+
+def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) -> dict[str, Any]:
+    keys = [k for k in scores[0] if isinstance(scores[0][k], (int, float))]
+    setting = next((k for k in ("min_cluster_size", "k") if k in scores[0]), keys[0])
+    metric_keys = [k for k in keys if k not in (setting, "clusters", "unassigned")]
+    traces = [{"type": "scatter", "mode": "lines+markers", "name": m,
+               "x": [s[setting] for s in scores], "y": [s.get(m) for s in scores]}
+              for m in metric_keys]
+    chosen = selected.get(setting)
+    shapes = ([{"type": "line", "x0": chosen, "x1": chosen, "yref": "paper", "y0": 0, "y1": 1,
+                "line": {"dash": "dot", "color": "#888"}}] if chosen is not None else [])
+    return {"data": traces, "layout": {"xaxis": {"title": {"text": setting.replace("_", " ")}},
+                                       "yaxis": {"title": {"text": "score"}}, "shapes": shapes,
+                                       "height": 320}}
+
+
+def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,
+                      clinical: pl.DataFrame | None, roles: dict[str, Any], min_cell: int,
+                      include_ids: bool) -> tuple[dict[str, Any] | None, list[str]]:
+    """Scatter payload; the page's script colours it by cluster or any clinical column.
+
+    Suppressed clusters are not drawn; categorical levels with fewer than ``min_cell``
+    drawn patients are pooled as "other"; at most ``MAX_POINTS`` points (stratified by
+    cluster, fixed seed) are drawn.
+    """
+    df = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
+    if df.height == 0:
+        return None, []
+    if df.height > MAX_POINTS:
+        rng = np.random.default_rng(0)
+        keep = np.sort(rng.choice(df.height, size=MAX_POINTS, replace=False))
+        df = df[keep]
+    cols: dict[str, dict[str, Any]] = {}
+    if clinical is not None:
+        excluded = {roles.get(r) for r in ROLE_KEYS} | {"patient_id"}
+        candidates = [c for c in clinical.columns
+                      if c not in excluded and not looks_like_id_name(c)]
+        joined = df.select("patient_id").join(clinical, on="patient_id", how="left")
+        for c in candidates[:MAX_HOVER_COLUMNS]:
+            s = joined[c]
+            if s.dtype.is_numeric() and s.n_unique() > MAX_LEVELS:
+                vals = [None if v is None or not np.isfinite(v) else float(f"{v:.3g}")
+                        for v in s.cast(pl.Float64).to_list()]
+                cols[c] = {"type": "numeric", "values": vals}
+            else:
+                text = s.cast(pl.String).to_list()
+                counts: dict[str, int] = {}
+                for v in text:
+                    counts[str(v)] = counts.get(str(v), 0) + 1
+                if len(counts) > MAX_LEVELS:
+                    continue
+                small = {v for v, n in counts.items() if n < min_cell}
+                vals = ["other" if str(v) in small else ("missing" if v is None else v)
+                        for v in text]
+                n_other = sum(1 for v in vals if v == "other")
+                if 0 < n_other < min_cell:
+                    vals = ["other/missing" if v in ("other", "missing") else v for v in vals]
+                    if sum(1 for v in vals if v == "other/missing") < min_cell:
+                        continue
+                cols[c] = {"type": "categorical", "values": vals}
+    payload = {
+        "x": [round(float(v), 4) for v in df["embedding_1"].to_list()],
+        "y": [round(float(v), 4) for v in df["embedding_2"].to_list()],
+        "cluster": [layout.name(int(k)) for k in df["cluster"].to_list()],
+        "confidence": [round(float(v), 2) for v in df["confidence"].to_list()],
+        "columns": cols,
+        "drawn": df.height, "total": assignments.height,
+    }
+    if include_ids:
+        payload["ids"] = df["patient_id"].to_list()
+    return {"embedding": payload}, list(cols)
+
+
+def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
+                    roles: dict[str, Any], min_cell: int) -> None:
+    sec = rep.section("clinical", "Clinical characteristics",
+                      note="Numeric: median [IQR], Kruskal–Wallis; categorical: n (%), "
+                           "chi-square or Fisher's exact; q = Benjamini–Hochberg.")
+    drop = [roles.get(r) for r in ("time", "event", "response")
+            if roles.get(r) in clinical.columns]
+    columns = [c for c in clinical.columns if c not in drop and c != "patient_id"]
+    if not columns:
+        _add_text(sec, "No clinical characteristics besides outcomes.")
+        return
+    t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell)
+    _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200)
+    for n in t1.notes:
+        _add_text(sec, n)
+    rep.data["clinical"] = t1.to_dict()
+
+
+def _outcome_frame(clinical: pl.DataFrame, labels: pl.DataFrame,
+                   roles: dict[str, Any]) -> pl.DataFrame:
+    cols = {r: roles.get(r) for r in ROLE_KEYS if roles.get(r) in clinical.columns}
+    sel = clinical.select("patient_id", *[pl.col(c).alias(r) for r, c in cols.items()])
+    return labels.join(sel, on="patient_id", how="left")
+
+
+def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
+                      roles: dict[str, Any], min_cell: int) -> None:
+    if not (roles.get("time") and roles.get("event")):
+        return
+    sec = rep.section("survival", "Survival",
+                      note="Kaplan–Meier per cluster (curves truncated where fewer than "
+                           f"{min_cell} patients remain at risk), log-rank test across clusters, "
+                           "Cox hazard ratios against the largest cluster (lifelines).")
+    df = _outcome_frame(clinical, labels, roles)
+    res = ch.survival_by_cluster(df, min_cell)
+    lr = res.logrank
+    if lr.get("p") is not None:
+        _add_text(sec, f"Log-rank test across {len(lr.get('clusters', []))} clusters: "
+                       f"chi² = {lr['statistic']:.2f}, df = {lr['df']}, "
+                       f"{_p_text(lr['p'])}.")
+    _add_figure(rep, sec, "km", "Kaplan–Meier by cluster", _km_figure(res.curves, "group"))
+    _add_table(rep, sec, "survival", "Median survival and hazard ratios", res.summary)
+    for n in res.notes:
+        _add_text(sec, n)
+    rep.data["survival"] = res.to_dict()
+    if roles.get("treatment"):
+        bt = ch.survival_by_treatment_within_cluster(df, min_cell)
+        if bt.curves.height:
+            _add_figure(rep, sec, "km_treatment", "Kaplan–Meier by treatment within cluster",
+                        _km_facets(bt.curves))
+        _add_table(rep, sec, "survival_treatment", "Survival by treatment within cluster",
+                   bt.summary)
+        rep.data["survival_by_treatment"] = bt.to_dict()
+
+
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
+               yaxis: str = "y", legend: bool = True) -> dict[str, Any]:
+    traces = []
+    for i, (g, part) in enumerate(curves.group_by(group_col, maintain_order=True)):
+        name = str(g[0] if isinstance(g, tuple) else g)
+        colour = PALETTE[i % len(PALETTE)]
+        traces.append({"type": "scatter", "mode": "lines", "name": name, "line":
+                       {"shape": "hv", "color": colour}, "x": part["time"].to_list(),
+                       "y": part["survival"].to_list(), "xaxis": xaxis, "yaxis": yaxis,
+                       "legendgroup": name, "showlegend": legend,
+                       "customdata": part["at_risk"].to_list(),
+                       "hovertemplate": name + ": S=%{y:.2f} at %{x}<br>at risk %{customdata}"
+                                        "<extra></extra>"})
+        traces.append({"type": "scatter", "mode": "lines", "line": {"shape": "hv", "width": 0},
+                       "x": part["time"].to_list() + part["time"].to_list()[::-1],
+                       "y": part["ci_upper"].to_list() + part["ci_lower"].to_list()[::-1],
+                       "fill": "toself", "fillcolor": colour + "22", "hoverinfo": "skip",
+                       "showlegend": False, "legendgroup": name, "xaxis": xaxis, "yaxis": yaxis})
+    return {"data": traces, "layout": {"xaxis": {"title": {"text": "time"}},
+                                       "yaxis": {"title": {"text": "survival"},
+                                                 "range": [0, 1.02]}, "height": 380}}
+
+
+def _km_facets(curves: pl.DataFrame) -> dict[str, Any]:
+    clusters = curves["cluster"].unique(maintain_order=True).to_list()
+    data: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"height": 320, "grid": {"rows": 1, "columns": len(clusters),
+                                                      "pattern": "independent"},
+                              "annotations": []}
+    for i, k in enumerate(clusters, start=1):
+        sub = curves.filter(pl.col("cluster") == k).with_columns(
+            pl.col("treatment").cast(pl.String))
+        fig = _km_figure(sub, "treatment", f"x{i if i > 1 else ''}", f"y{i if i > 1 else ''}",
+                         legend=i == 1)
+        data.extend(fig["data"])
+        layout[f"xaxis{i if i > 1 else ''}"] = {"title": {"text": f"cluster {k}"}}
+        layout[f"yaxis{i if i > 1 else ''}"] = {"range": [0, 1.02]}
+    return {"data": data, "layout": layout}
+
+
+def _response_section(rep: Report, store: Store, clinical: pl.DataFrame, labels: pl.DataFrame,
+                      roles: dict[str, Any], min_cell: int) -> None:
+    sec = rep.section("response", "Treatment response",
+                      note="Response rate per cluster and treatment with Wilson 95% CIs; the "
+                           "cluster × treatment interaction is a likelihood-ratio test in a "
+                           "logistic model; per-treatment tests across clusters with BH q.")
+    if roles.get("response"):
+        df = _outcome_frame(clinical, labels, roles)
+        if "treatment" not in df.columns:
+            df = df.with_columns(pl.lit("all").alias("treatment"))
+        res = ch.response_by_cluster(df, min_cell)
+        inter = res.interaction
+        if inter.get("p") is not None:
+            verdict = "differs" if inter["p"] < 0.05 else "shows no significant difference"
+            _add_text(sec, f"Cluster × treatment interaction: LR χ² = {inter['statistic']:.2f}, "
+                           f"df = {inter['df']}, {_p_text(inter['p'])} — the treatment "
+                           f"effect {verdict} between clusters (α = 0.05).")
+        elif inter:
+            _add_text(sec, "Cluster × treatment interaction not testable: "
+                           + str(inter.get("reason") or inter.get("note") or "too few patients"))
+        _add_figure(rep, sec, "response", "Response rate by cluster and treatment",
+                    _response_figure(res.cells))
+        _add_table(rep, sec, "response", "Response per cluster and treatment", res.table)
+        _add_table(rep, sec, "response_tests", "Per-treatment tests across clusters", res.tests)
+        for n in res.notes:
+            _add_text(sec, n)
+        rep.data["response"] = res.to_dict()
+    else:
+        _add_text(sec, "No response column in the store (declare one with --response at "
+                       "ingest).")
+    _outcome_tables(rep, store, labels, min_cell, sec)
+
+
+def _response_figure(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    treatments = list(dict.fromkeys(c["treatment"] for c in cells))
+    traces = []
+    for i, t in enumerate(treatments):
+        cs = [c for c in cells if c["treatment"] == t and c.get("rate") is not None]
+        traces.append({
+            "type": "bar", "name": str(t), "x": [c["name"] for c in cs],
+            "y": [c["rate"] for c in cs], "marker": {"color": PALETTE[i % len(PALETTE)]},
+            "error_y": {"type": "data", "symmetric": False,
+                        "array": [c["ci_upper"] - c["rate"] for c in cs],
+                        "arrayminus": [c["rate"] - c["ci_lower"] for c in cs]},
+        })
+    return {"data": traces, "layout": {"barmode": "group", "height": 340,
+                                       "yaxis": {"title": {"text": "response rate"},
+                                                 "range": [0, 1]}}}
+
+
+def _outcome_tables(rep: Report, store: Store, labels: pl.DataFrame, min_cell: int,
+                    sec: dict[str, Any]) -> None:
+    outs = [t for t in store.tables if t["kind"] == "outcome"]
+    results = {}
+    for t in outs:
+        df = store.read(t)
+        res = ch.outcome_table_by_cluster(df, labels, min_cell, top=TOP_OUTCOMES)
+        _add_table(rep, sec, f"outcome_{t['name']}",
+                   f"Outcome table {t['name']}: most different features across clusters",
+                   res.table)
+        for n in res.notes:
+            _add_text(sec, n)
+        results[t["name"]] = to_jsonable({"features": res.features, "layout": res.layout,
+                                           "skipped": res.skipped, "notes": res.notes})
+    if results:
+        rep.data["outcome_tables"] = results
+
+
+def _markers_section(rep: Report, store: Store, run_dir: Path, labels: pl.DataFrame,
+                     min_cell: int) -> None:
+    sec = rep.section("markers", "Markers",
+                      note="Per cluster and modality, top features versus the rest: "
+                           "standardised mean difference (SMD), effect, Mann–Whitney p, BH q "
+                           "over all features × clusters of the modality.")
+    out = {}
+    for t in (t for t in store.feature_tables() if t["kind"] != "genetic"):
+        model_file = run_dir / "model" / f"block-{t['name']}.json"
+        if not model_file.exists():
+            continue
+        features = json.loads(model_file.read_text()).get("features") or []
+        if not features:
+            continue
+        df = store.read(t, columns=["patient_id", *features])
+        res = ch.markers(df, labels, top=TOP_MARKERS, min_cell=min_cell)
+        name = t["name"]
+        if res.top.height:
+            _add_table(rep, sec, f"markers_{name}", f"{name}: top markers per cluster", res.top)
+            _add_figure(rep, sec, f"heatmap_{name}", f"{name}: mean z-score of top markers",
+                        _heatmap(res.heatmap))
+        for n in res.notes:
+            _add_text(sec, f"{name}: {n}")
+        out[name] = res.to_dict()
+        rep.raw_tables[f"markers_{name}_all"] = res.stats
+    rep.data["markers"] = out
+
+
+def _heatmap(hm: pl.DataFrame) -> dict[str, Any]:
+    feats = [c for c in hm.columns if c != "cluster"]
+    z = [list(r[1:]) for r in hm.iter_rows()]
+    return {"data": [{"type": "heatmap", "z": z, "x": feats,
+                      "y": [str(c) for c in hm["cluster"].to_list()], "colorscale": "RdBu",
+                      "reversescale": True, "zmid": 0, "hoverongaps": False}],
+            "layout": {"height": 160 + 28 * len(z), "xaxis": {"tickangle": -60},
+                       "margin": {"b": 120}}}
+
+
+def _mutations_section(rep: Report, store: Store, labels: pl.DataFrame, min_cell: int) -> None:
+    genetic = [t for t in store.feature_tables() if t["kind"] == "genetic"]
+    if not genetic:
+        return
+    sec = rep.section("mutations", "Mutations",
+                      note="Frequency of each gene per cluster; Fisher's exact test of each "
+                           "cluster against the rest with BH q; oncoprint of the top genes.")
+    out = {}
+    for t in genetic:
+        df = store.read(t)
+        res = ch.mutation_enrichment(df, labels, min_cell, top=TOP_GENES)
+        _add_table(rep, sec, f"mutations_{t['name']}", f"{t['name']}: top genes", res.table)
+        if res.top_genes:
+            _add_figure(rep, sec, f"oncoprint_{t['name']}", f"{t['name']}: oncoprint",
+                        _oncoprint(res.oncoprint))
+        for n in res.notes:
+            _add_text(sec, n)
+        out[t["name"]] = res.to_dict()
+        rep.raw_tables[f"mutations_{t['name']}_frequencies"] = res.frequencies
+        rep.raw_tables[f"mutations_{t['name']}_enrichment"] = res.enrichment
+    rep.data["mutations"] = out
+
+
+def _oncoprint(op: Any) -> dict[str, Any]:
+    m = np.asarray(op.matrix, dtype=float)
+    if m.size and m.shape[1] > 2000:  # keep the page light: every k-th column
+        step = int(np.ceil(m.shape[1] / 2000))
+        m = m[:, ::step]
+        cols = list(op.column_clusters)[::step]
+    else:
+        cols = list(op.column_clusters)
+    z = np.where(m < 0, np.nan, m)
+    return {"data": [{"type": "heatmap", "z": [[None if np.isnan(v) else v for v in row]
+                                               for row in z],
+                      "y": list(op.genes), "x": list(range(len(cols))),
+                      "customdata": [[f"cluster {c}" for c in cols]] * len(op.genes),
+                      "hovertemplate": "%{y} %{customdata}: %{z}<extra></extra>",
+                      "colorscale": [[0, "#eeeeee"], [1, "#b2182b"]], "showscale": False,
+                      "xgap": 0, "ygap": 1}],
+            "layout": {"height": 120 + 18 * len(op.genes),
+                       "xaxis": {"showticklabels": False, "title": {"text": "patients, grouped "
+                                                                             "by cluster"}},
+                       "yaxis": {"autorange": "reversed"}}}
+
+
+def _methods_section(rep: Report, store: Store, run_dir: Path, params: dict[str, Any]) -> None:
+    sec = rep.section("methods", "Methods",
+                      note="Everything needed to reproduce this run.")
+    inputs = [{"table": t["name"], "kind": t["kind"], "file": Path(str(t.get("source_path",
+                                                                              ""))).name,
+               "sha256": t.get("source_sha256", "")} for t in store.tables]
+    _add_table(rep, sec, "inputs", "Input files and checksums",
+               pl.DataFrame(inputs) if inputs else pl.DataFrame())
+    flat = {k: v for k, v in params.items() if not isinstance(v, dict)}
+    ptable = pl.DataFrame({"parameter": list(flat), "value": [json.dumps(v) for v in
+                                                              flat.values()]})
+    _add_table(rep, sec, "params", "Parameters (resolved)", ptable, max_rows=200)
+    versions = params.get("versions") or version_info()
+    _add_text(sec, "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    if params.get("integration"):
+        _add_text(sec, f"Integration: {params['integration']}.")
+    rep.data["methods"] = to_jsonable({"run": run_dir.name, "params": params, "inputs": inputs,
+                                       "store_format_version": store.manifest.get(
+                                           "format_version"),
+                                       "report_versions": version_info()})
+
+
+# -- writing ----------------------------------------------------------------------------
+def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str = "html",
+                 tables_dir: Path | None = None, min_cell: int = 5, include_ids: bool = False,
+                 force: bool = False, progress: Callable[[str], None] | None = None
+                 ) -> dict[str, Any]:
+    """Build the report and write it to ``out`` ("-" = stdout); returns a short summary."""
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if min_cell < 1:
+        raise UsageError("--min-cell must be >= 1")
+    out_path = None if str(out) == "-" else Path(out)
+    if out_path is not None and out_path.exists() and not force:
+        raise OutputError(f"{out_path}: exists (use --force to overwrite)")
+    if tables_dir is not None and tables_dir.exists() and any(tables_dir.iterdir()) and not force:
+        raise OutputError(f"{tables_dir}: exists and is not empty (use --force)")
+    rep = gather(store, run, min_cell=min_cell, include_ids=include_ids, progress=progress)
+    if fmt == "html":
+        from cohortctl.report.html import render_html
+
+        text = render_html(rep)
+    elif fmt == "md":
+        from cohortctl.report.markdown import render_markdown
+
+        text = render_markdown(rep)
+    else:
+        text = json.dumps(rep_to_json(rep), indent=2, sort_keys=True, allow_nan=False) + "\n"
+    if out_path is None:
+        sys.stdout.write(text)
+    else:
+        _atomic_write_text(out_path, text)
+    if tables_dir is not None:
+        write_tables(rep, tables_dir, force=force)
+    return {"report": str(out) if out_path else "-", "format": fmt, "run": rep.data["run"],
+            "bytes": len(text.encode()), "sections": [s["key"] for s in rep.sections],
+            "tables_dir": str(tables_dir) if tables_dir else None,
+            "n_clusters": rep.data.get("groups", {}).get("n_clusters")}
+
+
+def rep_to_json(rep: Report) -> dict[str, Any]:
+    """The JSON form: every number of the report, with the same suppression."""
+    out = dict(rep.data)
+    out["sections"] = [s["key"] for s in rep.sections]
+    return to_jsonable(out)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    import tempfile
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: directory {parent} does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with _suppress():
+            os.unlink(tmp)
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:
+        with _suppress():
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _suppress() -> Any:
+    import contextlib
+
+    return contextlib.suppress(OSError)
+
+
+def write_tables(rep: Report, directory: Path, *, force: bool = False) -> None:
+    """Every display table as TSV and every raw table as Parquet, written atomically."""
+    from cohortctl.store import atomic_directory, write_parquet
+
+    with atomic_directory(directory, force=True) as tmp:
+        for name, table in rep.tables.items():
+            table.write_csv(tmp / f"{name}.tsv", separator="\t")
+        for name, table in rep.raw_tables.items():
+            write_parquet(table, tmp / f"{name}.parquet")

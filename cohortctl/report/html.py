@@ -1,0 +1,49 @@
+"""Self-contained HTML: inline CSS, inline plotly.js, data embedded as JSON; no request leaves."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+from cohortctl import __version__
+from cohortctl.characterise.privacy import to_jsonable
+from cohortctl.report.build import Report
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe to embed in a <script> element (no closing tag, no HTML comment opener)."""
+    text = json.dumps(to_jsonable(obj), separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def render_html(rep: Report) -> str:
+    """Render the report as one HTML document that opens offline."""
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True)
+    source = resources.files("cohortctl.report").joinpath("templates/report.html.j2").read_text(
+        encoding="utf-8")
+    template = env.from_string(source)
+    tables = {}
+    for name, df in rep.tables.items():
+        tables[name] = {"columns": df.columns,
+                        "rows": [["" if v is None else str(v) for v in row]
+                                 for row in df.iter_rows()],
+                        "height": df.height}
+    groups = rep.data.get("groups", {})
+    return template.render(
+        sections=rep.sections, tables=tables, data=rep.data, groups=groups,
+        version=__version__, figures_json=jinja2.utils.markupsafe.Markup(
+            _script_json(rep.figures)),
+        plotly_js=jinja2.utils.markupsafe.Markup(_plotly_js().replace("</script", "<\\/script")),
+    )
