@@ -1,0 +1,5 @@
+"""``python -m cohortctl``."""
+
+from cohortctl.cli import run
+
+run()
