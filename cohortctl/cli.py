@@ -287,6 +287,65 @@ def report(
         _emit(out, summary, as_json)
 
 
+# -- assign / twins -----------------------------------------------------------------------
+@app.command(epilog="Examples:\n\n  cohortctl assign cohort --molecular mrna=new_mrna.parquet "
+             "--molecular mirna=new_mirna.parquet -o new_assignments.parquet\n\n"
+             "  cohortctl assign cohort --run 20261128-101500-auto-s0 --genetic mutations=new.maf "
+             "-o placed.parquet --json\n\n"
+             "NAME must be the name of a block of the run (see its params.json).\n\n" + EXIT_HELP)
+@_guarded
+def assign(
+    store: Annotated[str | None, typer.Argument(help="Store path, or '-'/omitted to read it from stdin.")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output Parquet file.")] = Path("assignments.parquet"),
+    run: Annotated[str, typer.Option(help="Run name or 'latest'.")] = "latest",
+    molecular: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a molecular block; repeatable.")] = None,
+    genetic: Annotated[list[str] | None, typer.Option(help="NAME=PATH of a genetic block (MAF or 0/1); repeatable.")] = None,
+    clinical: Annotated[Path | None, typer.Option(help="Clinical table (needed when the run used --with-clinical).")] = None,
+    id_column: Annotated[str | None, typer.Option(help="Patient ID column.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="parquet|csv|tsv|maf.")] = None,
+    layout: Annotated[str, typer.Option(help="auto|wide|long.")] = "auto",
+    tcga_barcodes: Annotated[bool | None, typer.Option("--tcga-barcodes/--no-tcga-barcodes", help="Cut TCGA barcodes (default: as at ingest).")] = None,
+    maf_classes: Annotated[str | None, typer.Option(help="Variant classes to keep (default: as at ingest).")] = None,
+    maf_covers_clinical: Annotated[bool, typer.Option(help="Clinical patients absent from the MAF are wild-type.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output file.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
+) -> None:
+    """Place new patients into an existing run's groups without refitting."""
+    from cohortctl.assign import assign as assign_patients
+
+    if not molecular and not genetic:
+        raise UsageError("give at least one --molecular or --genetic table")
+    summary = assign_patients(
+        _store_arg(store), run=run, molecular=molecular or [], genetic=genetic or [],
+        clinical=clinical, out=out, force=force, id_column=id_column, fmt=fmt, layout=layout,
+        tcga_barcodes=tcga_barcodes, maf_classes=_split(maf_classes),
+        maf_covers_clinical=maf_covers_clinical)
+    log.info("%s patients placed, %s novel -> %s", summary.get("placed"), summary.get("novel"), out)
+    _emit(out, summary, as_json)
+
+
+@app.command(epilog="Examples:\n\n  cohortctl twins cohort TCGA-A2-A0T2 -k 10\n\n"
+             "  cohortctl twins cohort TCGA-A2-A0T2 -k 5 --include-ids --json\n\n"
+             "Without --include-ids only ranks, distances, clusters and outcome summaries over "
+             "the k twins are shown, and k must be a multiple of --min-cell.\n\n" + EXIT_HELP)
+@_guarded
+def twins(
+    store: Annotated[str, typer.Argument(help="Store path.")],
+    patient_id: Annotated[str, typer.Argument(help="A patient of the store.")],
+    run: Annotated[str, typer.Option(help="Run name or 'latest'.")] = "latest",
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of twins.")] = 10,
+    min_cell: Annotated[int, typer.Option(help="Small-cell threshold.")] = 5,
+    include_ids: Annotated[bool, typer.Option(help="Show identifiers and per-twin rows.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the default output is JSON too).")] = False,
+) -> None:
+    """The most similar patients of the cohort and how they fared (privacy rules apply)."""
+    from cohortctl.twins import twins as find_twins
+
+    result = find_twins(Path(store), patient_id, run=run, k=k, include_ids=include_ids,
+                        min_cell=min_cell)
+    typer.echo(json.dumps(result, sort_keys=True, indent=None if as_json else 2, default=str))
+
+
 # -- simulate ---------------------------------------------------------------------------
 @app.command(epilog="Examples:\n\n  cohortctl simulate -o sim --patients 500 --subtypes 4\n\n"
              "  cohortctl simulate -o big --patients 100000 --genes 20000 --seed 1\n\n" + EXIT_HELP)
