@@ -1,13 +1,13 @@
 """Clustering methods and their model selection.
 
 * ``auto`` / ``hdbscan``: UMAP (5-D) of the integrated matrix, then HDBSCAN. Minimum
-  cluster size candidates come from the cohort size (2%, 5%, 10% of patients, at least
-  5) unless ``--min-cluster-size`` fixes it. Each candidate is scored by its bootstrap
+  cluster size candidates come from the cohort size (2, 3.5, 5, 7.5 and 10% of patients, at
+  least 5) unless ``--min-cluster-size`` fixes it. Each candidate is scored by its bootstrap
   agreement: the mean adjusted Rand index between the candidate's partition and the
   re-clusterings of 80% subsamples (new UMAP, new HDBSCAN each). The most stable
   candidate wins (ties: the larger size). For cohorts up to ``CONSENSUS_MAX`` patients
-  the final partition is HDBSCAN on the consensus distance (1 - co-clustering
-  frequency), which is far less sensitive to one embedding's randomness; above that,
+  the final partition is HDBSCAN (min_samples = half the cluster size) on the consensus
+  distance (1 - co-clustering frequency), which is far less sensitive to one embedding's randomness; above that,
   HDBSCAN on the full-cohort embedding.
 * ``kmeans``, ``ward``, ``spectral``, ``snf``: K chosen over ``--k-range`` by the mean
   silhouette (default) or by PAC of the bootstrap consensus (``--k-criterion pac``).
@@ -52,13 +52,22 @@ def subsample_indices(n: int, rng: np.random.Generator, fraction: float, cap: in
     return np.sort(rng.choice(n, size=min(size, n), replace=False))
 
 
-def _hdbscan(X: np.ndarray, mcs: int, precomputed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+#: Minimum cluster size candidates, as fractions of the cohort (scanned, scored by stability).
+MCS_FRACTIONS = (0.02, 0.035, 0.05, 0.075, 0.10)
+
+
+def _hdbscan(X: np.ndarray, mcs: int, precomputed: bool = False,
+             min_samples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     import hdbscan
 
     mcs = max(2, min(mcs, X.shape[0] - 1))
+    if min_samples is None and precomputed:
+        # The consensus distance is already smoothed over bootstraps: a lighter density
+        # requirement keeps boundary patients from being labelled noise.
+        min_samples = max(1, mcs // 2)
     model = hdbscan.HDBSCAN(
         min_cluster_size=mcs, metric="precomputed" if precomputed else "euclidean",
-        core_dist_n_jobs=1,
+        core_dist_n_jobs=1, min_samples=min_samples,
     )
     labels = model.fit_predict(X)
     return labels.astype(np.int64), np.asarray(model.probabilities_, dtype=np.float64)
@@ -67,7 +76,7 @@ def _hdbscan(X: np.ndarray, mcs: int, precomputed: bool = False) -> tuple[np.nda
 def mcs_candidates(n: int, fixed: int | None) -> list[int]:
     if fixed:
         return [fixed]
-    return sorted({max(5, int(round(f * n))) for f in (0.02, 0.05, 0.10)})
+    return sorted({max(5, int(round(f * n))) for f in MCS_FRACTIONS})
 
 
 def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,
@@ -116,6 +125,7 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
 
 
 _SHARED: dict[str, Any] = {}
+PARALLEL_MIN_N = 1000  # below this a bootstrap UMAP takes ~0.05 s: worker start-up costs more
 
 
 def _boot_one(task: tuple[np.ndarray, int]) -> dict[int, np.ndarray]:
@@ -127,25 +137,31 @@ def _boot_one(task: tuple[np.ndarray, int]) -> dict[int, np.ndarray]:
     return {m: _hdbscan(emb, m)[0] for m in candidates}
 
 
-def _worker_init() -> None:
+def _worker_init(Z: np.ndarray, candidates: list[int], n_neighbors: int) -> None:
     """Workers are single-threaded: parallelism comes from the pool itself."""
     import numba
     from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(1)
     threadpool_limits(limits=1)
+    _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
 
 
 def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]],
                               candidates: list[int], n_neighbors: int, seed: int, workers: int,
                               progress: Callable[[str], None] | None
                               ) -> tuple[list[dict[int, np.ndarray]], np.ndarray]:
-    """Bootstrap runs (in forked worker processes when ``workers > 1``) and, meanwhile,
-    the full-cohort embedding. Each run depends only on its own (indices, seed), so the
-    result is the same whatever the number of workers."""
-    _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
-    try:
-        if workers <= 1 or len(tasks) < 4:
+    """Bootstrap runs (in worker processes for larger cohorts) and the full-cohort embedding.
+
+    Each run depends only on its own (indices, seed), so the result is the same whatever
+    the number of workers. Workers come from a *forkserver* (a clean interpreter), never a
+    plain fork of this process: forking after OpenMP/polars threads have started can
+    deadlock the child.
+    """
+    n = Z.shape[0]
+    if workers <= 1 or len(tasks) < 4 or n < PARALLEL_MIN_N:
+        _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
+        try:
             embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
             out = []
             for i, task in enumerate(tasks):
@@ -153,16 +169,18 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
                 if progress:
                     progress(f"bootstrap {i + 1}/{len(tasks)}")
             return out, embedding
-        import multiprocessing as mp
+        finally:
+            _SHARED.clear()
+    import multiprocessing as mp
 
-        ctx = mp.get_context("fork")
-        with ctx.Pool(processes=workers, initializer=_worker_init) as pool:
-            pending = pool.map_async(_boot_one, tasks, chunksize=1)
-            embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
-            out = pending.get()
-        return out, embedding
-    finally:
-        _SHARED.clear()
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["cohortctl.cluster.methods"])
+    with ctx.Pool(processes=workers, initializer=_worker_init,
+                  initargs=(Z, candidates, n_neighbors)) as pool:
+        pending = pool.map_async(_boot_one, tasks, chunksize=1)
+        embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
+        out = pending.get()
+    return out, embedding
 
 
 def finish(labels: np.ndarray, space: np.ndarray, runs: list[stability.BootRun],
