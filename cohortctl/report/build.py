@@ -210,7 +210,7 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     stab = {str(k): v for k, v in (metrics.get("stability") or {}).items()}
     conf = {str(k): v for k, v in (metrics.get("mean_confidence") or {}).items()}
     rows, raw = [], []
-    for k in layout.shown:
+    for k in sorted(set(layout.shown) | set(layout.suppressed), key=lambda c: (c < 0, c)):
         suppressed = k in layout.suppressed
         n = layout.sizes[k]
         entry = {"cluster": k, "name": layout.name(k), "suppressed": suppressed,
