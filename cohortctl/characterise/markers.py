@@ -1,8 +1,8 @@
 """Marker features of each cluster (cluster vs rest) for one modality, vectorised.
 
-For every feature and every assigned cluster with >= ``min_cell`` patients, the cluster is
-compared with all *other assigned* patients (unassigned patients are left out; patients of
-suppressed clusters are part of "rest" but never reported on their own):
+For every feature and every assigned cluster with >= ``min_cell`` patients (cluster sizes from
+the whole clustering in ``labels``), the cluster is compared with the patients of all *other*
+such clusters ("rest"; unassigned patients and suppressed clusters are left out entirely):
 
 * standardised mean difference (Cohen's d, pooled SD with ``n - 1`` denominators);
 * effect size: log2 fold change ``log2((mean_in + 1) / (mean_rest + 1))`` when the whole matrix
@@ -18,14 +18,16 @@ per cluster come from one weighted ``bincount``. Statistics of a cluster are wit
 feature with fewer than ``min_cell`` non-missing values in the cluster or in the rest.
 
 Top markers per cluster rank by ``|SMD|`` among features with q < 0.05 first, then the others.
-The heatmap holds the mean z-score (feature standardised over all patients) of each displayed
-cluster for the union of top markers.
+The heatmap holds the mean z-score (feature standardised over the displayed clusters'
+patients) of each displayed cluster for the union of top markers; a cell with fewer than
+``min_cell`` non-missing values is ``None``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,7 +236,8 @@ def markers(
     """Per-cluster marker features of one modality (see module docstring)."""
     min_cell = check_min_cell(min_cell)
     joined = join_labels(matrix, labels, id_col=id_col, how="inner")
-    layout = ClusterLayout.from_labels(joined["cluster"].to_list(), min_cell)
+    # Cluster sizes (and so which clusters are suppressed) come from the whole clustering.
+    layout = ClusterLayout.from_labels(labels["cluster"].cast(pl.Int64).to_list(), min_cell)
     feats = [c for c in matrix.columns if c not in (id_col, "cluster")]
     non_num = [c for c in feats if not joined[c].dtype.is_numeric()]
     if non_num:
@@ -243,7 +246,9 @@ def markers(
         )
     notes: list[str] = []
     cl_all = joined["cluster"].to_numpy()
-    assigned = joined.filter(pl.col("cluster") >= 0)
+    # Suppressed clusters are left out entirely: as part of "rest" their values could be
+    # recovered from the rest means and the other clusters' means.
+    assigned = joined.filter(pl.col("cluster").is_in(layout.tested))
     cl = assigned["cluster"].to_numpy()
     n_a = cl.size
     tested = [k for k in layout.tested if n_a - int((cl == k).sum()) >= min_cell]
@@ -263,7 +268,7 @@ def markers(
 
     def work(cols: list[str]) -> tuple[dict[str, np.ndarray], bool]:
         x = assigned.select([pl.col(c).cast(pl.Float64) for c in cols]).to_numpy(order="fortran")
-        xt = np.ascontiguousarray(x.T)
+        xt = np.array(x.T, dtype=np.float64, order="C")  # writable copy
         fin = np.isfinite(xt)
         vals = xt[fin]
         counts_like = bool(vals.size == 0 or ((vals >= 0).all() and (vals == np.round(vals)).all()))
@@ -365,19 +370,24 @@ def markers(
         orient="row",
     )
 
-    # Heatmap: mean z-score per displayed cluster (all joined patients define the z-scale).
+    # Heatmap: mean z-score per displayed cluster (the displayed clusters' patients define the
+    # z-scale, so that nothing about suppressed clusters enters it).
     heat_rows: list[dict[str, Any]] = []
     if top_cols:
-        x = joined.select([pl.col(c).cast(pl.Float64) for c in top_cols]).to_numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mu = np.nanmean(x, axis=0)
-            sd = np.nanstd(x, axis=0, ddof=1)
+        x = np.array(joined.select([pl.col(c).cast(pl.Float64) for c in top_cols]).to_numpy())
+        x[~np.isfinite(x)] = np.nan
+        on_show = np.isin(cl_all, layout.shown)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mu = np.nanmean(x[on_show], axis=0)
+            sd = np.nanstd(x[on_show], axis=0, ddof=1)
             z = (x - mu) / np.where(sd > 0, sd, np.nan)
         for k in layout.shown:
             m = cl_all == k
             zz = z[m]
             nn = np.isfinite(zz).sum(axis=0)
-            with np.errstate(invalid="ignore"):
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 means = (
                     np.nanmean(np.where(np.isfinite(zz), zz, np.nan), axis=0)
                     if m.any()
@@ -426,7 +436,8 @@ def markers(
     if layout.suppressed:
         notes.append(
             f"Clusters with fewer than {min_cell} patients are suppressed "
-            f"({', '.join(layout.suppressed_names)}): no markers are reported for them."
+            f"({', '.join(layout.suppressed_names)}): no markers are reported for them and their "
+            "patients are left out of every comparison."
         )
     if UNASSIGNED in layout.sizes:
         notes.append("Unassigned patients are excluded from the comparisons.")

@@ -10,6 +10,8 @@ from numpy.typing import ArrayLike
 __all__ = [
     "P_BOUNDS",
     "bh_qvalues",
+    "bh_sources",
+    "coarsen_flags_for_q",
     "display_p",
     "format_p",
     "format_p_bound",
@@ -43,6 +45,41 @@ def bh_qvalues(pvalues: ArrayLike) -> np.ndarray:
     out[order] = np.minimum(ranked, 1.0)
     q[ok] = out
     return q.reshape(shape)
+
+
+def bh_sources(pvalues: ArrayLike) -> np.ndarray:
+    """For each p-value, the index of the p-value whose ``p * m / rank`` is its BH q-value.
+
+    The Benjamini–Hochberg q-value of a test is ``min`` over the tests ranked at or after it of
+    ``p_j * m / rank_j``; when that minimum comes from another test, the q-value reveals that
+    test's p-value. -1 for NaN p-values. Same shape as the input (flattened indices).
+    """
+    p = np.asarray(pvalues, dtype=float)
+    flat = p.ravel()
+    src = np.full(flat.shape, -1, dtype=np.int64)
+    ok = np.flatnonzero(np.isfinite(flat))
+    m = ok.size
+    if m == 0:
+        return src.reshape(p.shape)
+    order = ok[np.argsort(flat[ok], kind="mergesort")]
+    ranked = flat[order] * m / np.arange(1, m + 1)
+    best = order[-1]
+    best_val = ranked[-1]
+    for i in range(m - 1, -1, -1):
+        if ranked[i] <= best_val:
+            best_val, best = ranked[i], order[i]
+        src[order[i]] = best
+    return src.reshape(p.shape)
+
+
+def coarsen_flags_for_q(pvalues: ArrayLike, coarsened: ArrayLike) -> np.ndarray:
+    """Tests whose q-value must be coarsened because it equals a coarsened test's ``p*m/rank``."""
+    c = np.asarray(coarsened, dtype=bool).ravel()
+    src = bh_sources(pvalues).ravel()
+    out = np.zeros(c.shape, dtype=bool)
+    has = src >= 0
+    out[has] = c[src[has]]
+    return out.reshape(np.shape(coarsened))
 
 
 def format_p(p: float | None) -> str:
@@ -86,28 +123,35 @@ def format_p_bound(bound: float | None) -> str:
     return f"<{bound:g}"
 
 
-def publish_test(result: dict, coarsen: bool, extra: tuple[str, ...] = ()) -> dict:
+def publish_test(
+    result: dict, coarsen: bool, extra: tuple[str, ...] = (), *, coarsen_q: bool = False
+) -> dict:
     """Apply the publication rule to a test-result dict with ``statistic``, ``p``, ``q`` keys.
 
     With ``coarsen`` the statistic (and any ``extra`` keys, e.g. an odds ratio) become
     ``None`` and ``p``/``q`` are replaced by ``p_bound``/``q_bound`` categories; the dict gains
-    ``p_coarsened``. NaN values become ``None``.
+    ``p_coarsened``. With only ``coarsen_q`` (the q-value would reveal another, coarsened
+    test's p-value; see :func:`coarsen_flags_for_q`) just ``q`` is replaced by ``q_bound`` and
+    ``q_coarsened`` is set. NaN values become ``None``.
     """
     for k in ("statistic", "p", "q", *extra):
         v = result.get(k)
         if v is not None and not math.isfinite(float(v)):
             result[k] = None
     result["p_coarsened"] = bool(coarsen and result.get("p") is not None)
+    result["q_coarsened"] = bool((coarsen or coarsen_q) and result.get("q") is not None)
+    if result["q_coarsened"]:
+        result["q_bound"] = p_bound(result.get("q"))
+        result["q"] = None
     if result["p_coarsened"]:
         result["p_bound"] = p_bound(result["p"])
-        result["q_bound"] = p_bound(result.get("q"))
-        for k in ("statistic", "p", "q", *extra):
+        for k in ("statistic", "p", *extra):
             result[k] = None
     return result
 
 
 def display_p(result: dict, key: str = "p") -> str:
     """Display string of ``result[key]`` honouring :func:`publish_test` coarsening."""
-    if result.get("p_coarsened"):
+    if result.get(f"{key}_coarsened"):
         return format_p_bound(result.get(f"{key}_bound"))
     return format_p(result.get(key))

@@ -1,19 +1,26 @@
 """Mutation frequencies per cluster, enrichment tests and an oncoprint matrix.
 
+* Layout: cluster sizes (and so which clusters are displayed or suppressed) come from the whole
+  clustering in ``labels``; frequencies use the patients with mutation data.
 * Frequency per gene and displayed cluster: ``n mutated (% of the cluster's patients with
-  mutation data)``, small-cell suppression per gene (the cluster sizes in the header are public,
-  so protection comes from the other cells).
-* Enrichment: one-sided Fisher's exact test (``alternative="greater"``) of each assigned
-  cluster with >= ``min_cell`` patients against all other assigned patients, computed
-  vectorised as the hypergeometric upper tail (identical to ``scipy.stats.fisher_exact``), with
-  the sample odds ratio; BH q-values over all genes x clusters (genes never mutated among
-  assigned patients are not tested). Where the cluster's mutated or wild-type count is withheld,
-  the odds ratio is withheld and p/q are published only as categories (they would otherwise
-  reveal the count).
+  mutation data)``, small-cell suppression per gene (cluster sizes are public, so protection
+  comes from the other cells). A cluster whose number of patients with mutation data would
+  reveal a small number without data (cluster size minus it) gets counts but no percentages,
+  test or oncoprint block (``protect_missing``).
+* Enrichment: one-sided Fisher's exact test (``alternative="greater"``) of each tested cluster
+  (assigned, >= ``min_cell`` patients, denominator shown) against the patients of the *other*
+  tested clusters, computed vectorised as the hypergeometric upper tail (identical to
+  ``scipy.stats.fisher_exact``), with the sample odds ratio; BH q-values over all genes x
+  clusters (genes never mutated among tested patients are not tested). An unwithheld test
+  reveals the gene's number mutated over the tested clusters, so that total is treated as
+  published when suppressing; where it, or the cluster's own mutated or wild-type count, is
+  withheld, the odds ratio is withheld and p/q are published only as categories.
 * Oncoprint: top genes x patients (0/1), columns grouped by displayed cluster and sorted by
   mutation pattern within each cluster; no patient identifiers and no columns for suppressed
   clusters. A gene's block in a cluster whose count is withheld is ``-1`` (``None`` in JSON) and
-  does not take part in the column ordering.
+  does not take part in the column ordering. Note: being patient-level, the oncoprint shows
+  co-mutation patterns (how many patients carry two given mutations), which are not subject
+  to small-cell suppression.
 
 Null values are read as "not mutated"; values other than 0/1/true/false are an error.
 """
@@ -27,10 +34,16 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from cohortctl.characterise.multiple_testing import bh_qvalues, display_p, publish_test
+from cohortctl.characterise.multiple_testing import (
+    bh_qvalues,
+    coarsen_flags_for_q,
+    display_p,
+    publish_test,
+)
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
     SUPPRESSED_CLUSTER,
+    WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
     check_min_cell,
@@ -38,7 +51,8 @@ from cohortctl.characterise.privacy import (
     format_count,
     format_number,
     join_labels,
-    suppress_with_margins,
+    suppress_linear,
+    suppress_nested,
     to_jsonable,
 )
 
@@ -114,6 +128,8 @@ def _binary_matrix(df: pl.DataFrame, genes: list[str]) -> tuple[np.ndarray, bool
         raise CharacteriseInputError(
             f"mutation matrix must be 0/1; non-numeric column(s) {bad[:5]}"
         )
+    if not genes:
+        return np.zeros((df.height, 0), dtype=np.int8), False
     had_null = any(df[g].null_count() for g in genes)
     x = df.select([pl.col(g).cast(pl.Float64).fill_nan(None).fill_null(0.0) for g in genes])
     m = x.to_numpy()
@@ -133,6 +149,60 @@ def _odds_ratio(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> n
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.where(num > 0, np.inf, np.nan))
 
 
+def _gene_suppression(
+    mcount: np.ndarray,
+    sizes: np.ndarray,
+    size_public: np.ndarray,
+    enr_cols: list[int],
+    overall: bool,
+    min_cell: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per gene: (mutated withheld, wild-type withheld, tested total withheld, overall withheld).
+
+    Cells: mutated counts (shown) and wild-type counts (not displayed) per displayed cluster;
+    published sums: the clusters' numbers of patients with mutation data (public unless
+    withheld by the coverage step), the number mutated over the enrichment-tested clusters
+    (an unwithheld enrichment test reveals it) and, with ``overall``, over all displayed ones.
+    """
+    n_genes, n_cols = mcount.shape
+    cell_status = tuple(["shown", "hidden"] * n_cols)
+    aggs: list[tuple[int, ...]] = [(2 * j, 2 * j + 1) for j in range(n_cols)]
+    astat = ["public" if size_public[j] else "hidden" for j in range(n_cols)]
+    aggs.append(tuple(2 * j for j in enr_cols))
+    astat.append("shown" if enr_cols else "hidden")
+    if overall:
+        aggs.append(tuple(2 * j for j in range(n_cols)))
+        astat.append("shown")
+    m_sup = np.zeros((n_genes, n_cols), dtype=bool)
+    wt_sup = np.zeros((n_genes, n_cols), dtype=bool)
+    t_sup = np.zeros(n_genes, dtype=bool)
+    o_sup = np.zeros(n_genes, dtype=bool)
+    for i in range(n_genes):
+        vals = np.empty(2 * n_cols, dtype=np.int64)
+        vals[0::2] = mcount[i]
+        vals[1::2] = sizes - mcount[i]
+        sup = suppress_linear(vals, aggs, min_cell, cell_status=cell_status, aggregate_status=astat)
+        m_sup[i] = sup.cells[0::2]
+        wt_sup[i] = sup.cells[1::2] & (vals[1::2] > 0) & (vals[1::2] < min_cell)
+        t_sup[i] = sup.aggregates[n_cols]
+        if overall:
+            o_sup[i] = sup.aggregates[n_cols + 1]
+    return m_sup, wt_sup, t_sup, o_sup
+
+
+_ENR_SCHEMA = {
+    "gene": pl.String,
+    "cluster": pl.Int64,
+    "odds_ratio": pl.Float64,
+    "p": pl.Float64,
+    "q": pl.Float64,
+    "p_coarsened": pl.Boolean,
+    "q_coarsened": pl.Boolean,
+    "p_bound": pl.Float64,
+    "q_bound": pl.Float64,
+}
+
+
 def mutation_enrichment(
     mut: pl.DataFrame,
     labels: pl.DataFrame,
@@ -141,14 +211,21 @@ def mutation_enrichment(
     *,
     id_col: str = "patient_id",
     overall: bool = False,
+    protect_missing: bool = True,
 ) -> MutationResult:
     """Per-gene mutation frequency per cluster, Fisher enrichment vs rest, oncoprint matrix.
 
-    ``overall=True`` adds an "overall" column (costs extra complementary suppression).
+    ``mut`` is a patients x genes 0/1 matrix; ``labels`` the whole clustering (cluster sizes,
+    and so which clusters are suppressed, come from it). Frequencies use the patients with
+    mutation data. Cluster sizes are public, so with ``protect_missing`` (default) a small
+    number of patients *without* mutation data in a cluster withholds that cluster's
+    denominator (percentages, enrichment test, oncoprint block); ``protect_missing=False``
+    treats these numbers as disclosable. ``overall=True`` adds an "overall" column (costs
+    extra complementary suppression).
     """
     min_cell = check_min_cell(min_cell)
     joined = join_labels(mut, labels, id_col=id_col, how="inner")
-    layout = ClusterLayout.from_labels(joined["cluster"].to_list(), min_cell)
+    layout = ClusterLayout.from_labels(labels["cluster"].cast(pl.Int64).to_list(), min_cell)
     genes = [c for c in mut.columns if c not in (id_col, "cluster")]
     m, had_null = _binary_matrix(joined, genes)
     cl = joined["cluster"].to_numpy()
@@ -159,39 +236,44 @@ def mutation_enrichment(
     if layout.suppressed:
         notes.append(
             f"Clusters with fewer than {min_cell} patients are suppressed "
-            f"({', '.join(layout.suppressed_names)}): no frequencies, tests or oncoprint columns."
+            f"({', '.join(layout.suppressed_names)}): no frequencies, tests or oncoprint "
+            "columns, and their patients are left out of every comparison."
         )
 
     n_genes = len(genes)
     sizes = np.array([int((cl == k).sum()) for k in shown], dtype=np.int64)
+    # Coverage: patients with mutation data per displayed cluster.
+    cov = suppress_nested(
+        [layout.sizes[k] for k in shown],
+        [{"data": (int(w), 0)} if w else {} for w in sizes],
+        [[layout.sizes[k] - int(w)] for k, w in zip(shown, sizes, strict=True)],
+        min_cell,
+        protect_excluded=protect_missing,
+    )
+    cov_sup = np.array([bool(cov.n[j].get("data", False)) for j in range(len(shown))], bool)
+    n_no_data = int(sum(layout.sizes[k] for k in shown) - sizes.sum())
+    no_data_sup = bool(cov.excluded_totals[0]) if shown else False
     mcount = (
         np.column_stack([m[cl == k].sum(axis=0) for k in shown]).astype(np.int64)
         if shown
         else np.zeros((n_genes, 0), np.int64)
     )
-    cell_sup = np.zeros((n_genes, len(shown)), dtype=bool)
-    wt_sup = np.zeros((n_genes, len(shown)), dtype=bool)
-    tot_sup = np.zeros(n_genes, dtype=bool)
-    for i in range(n_genes):
-        s = suppress_with_margins(
-            np.vstack([mcount[i], sizes - mcount[i]]),
-            min_cell,
-            row_totals="shown" if overall else "hidden",
-            col_totals="public",
-        )
-        cell_sup[i], wt_sup[i], tot_sup[i] = s.cells[0], s.cells[1], s.row_totals[0]
-
-    # Enrichment: cluster vs all other assigned patients (one-sided Fisher = hypergeom tail).
-    assigned = cl >= 0
-    big_n = int(assigned.sum())
-    k_mut = m[assigned].sum(axis=0).astype(np.int64)
-    tested = [k for k in layout.tested if big_n - int((cl == k).sum()) >= min_cell]
+    col_of = {k: j for j, k in enumerate(shown)}
+    # Enrichment: each tested cluster vs the other tested clusters (one-sided Fisher).
+    pool = [k for k in layout.tested if not cov_sup[col_of[k]] and sizes[col_of[k]] > 0]
+    big_n = int(sum(sizes[col_of[k]] for k in pool))
+    tested = pool if len(pool) >= 2 else []  # each has >= min_cell patients with data
+    enr_cols = [col_of[k] for k in pool] if tested else []
+    cell_sup, wt_sup, tot_sup, all_sup = _gene_suppression(
+        mcount, sizes, ~cov_sup, enr_cols, overall, min_cell
+    )
+    k_mut = mcount[:, enr_cols].sum(axis=1) if enr_cols else np.zeros(n_genes, np.int64)
     enr_rows: list[dict[str, Any]] = []
     pmat = np.full((n_genes, len(tested)), np.nan)
     ormat = np.full((n_genes, len(tested)), np.nan)
     for g, k in enumerate(tested):
-        n1 = int((cl == k).sum())
-        a = m[cl == k].sum(axis=0).astype(np.int64)
+        n1 = int(sizes[col_of[k]])
+        a = mcount[:, col_of[k]]
         b = n1 - a
         c = k_mut - a
         d = big_n - n1 - c
@@ -200,11 +282,14 @@ def mutation_enrichment(
         pmat[:, g] = p
         ormat[:, g] = _odds_ratio(a, b, c, d)
     qmat = bh_qvalues(pmat)
-    col_of = {k: j for j, k in enumerate(shown)}
+    coarse = np.zeros(pmat.shape, dtype=bool)
+    for g, k in enumerate(tested):
+        j = col_of[k]
+        coarse[:, g] = cell_sup[:, j] | wt_sup[:, j] | tot_sup
+    q_leak = coarsen_flags_for_q(pmat, coarse)
     for i, gene in enumerate(genes):
         for g, k in enumerate(tested):
-            j = col_of[k]
-            coarsen = bool(cell_sup[i, j] or wt_sup[i, j])
+            coarsen = bool(coarse[i, g])
             rec = publish_test(
                 {
                     "gene": gene,
@@ -216,39 +301,16 @@ def mutation_enrichment(
                 },
                 coarsen,
                 extra=("odds_ratio",),
+                coarsen_q=bool(q_leak[i, g]),
             )
             rec.setdefault("p_bound", None)
             rec.setdefault("q_bound", None)
             rec.pop("statistic")
             enr_rows.append(rec)
     enrichment = (
-        pl.DataFrame(
-            enr_rows,
-            schema={
-                "gene": pl.String,
-                "cluster": pl.Int64,
-                "odds_ratio": pl.Float64,
-                "p": pl.Float64,
-                "q": pl.Float64,
-                "p_coarsened": pl.Boolean,
-                "p_bound": pl.Float64,
-                "q_bound": pl.Float64,
-            },
-            orient="row",
-        )
+        pl.DataFrame(enr_rows, schema=_ENR_SCHEMA, orient="row")
         if enr_rows
-        else pl.DataFrame(
-            schema={
-                "gene": pl.String,
-                "cluster": pl.Int64,
-                "odds_ratio": pl.Float64,
-                "p": pl.Float64,
-                "q": pl.Float64,
-                "p_coarsened": pl.Boolean,
-                "p_bound": pl.Float64,
-                "q_bound": pl.Float64,
-            }
-        )
+        else pl.DataFrame(schema=_ENR_SCHEMA)
     )
 
     freq_rows = []
@@ -262,8 +324,11 @@ def mutation_enrichment(
                     "name": cluster_name(k),
                     "n_mutated": None if sup else int(mcount[i, j]),
                     "n_mutated_suppressed": sup,
-                    "n_patients": int(sizes[j]),
-                    "frequency": None if sup else float(mcount[i, j] / sizes[j]),
+                    "n_patients": None if cov_sup[j] else int(sizes[j]),
+                    "n_patients_suppressed": bool(cov_sup[j]),
+                    "frequency": None
+                    if (sup or cov_sup[j] or sizes[j] == 0)
+                    else float(mcount[i, j] / sizes[j]),
                 }
             )
     frequencies = pl.DataFrame(
@@ -275,6 +340,7 @@ def mutation_enrichment(
             "n_mutated": pl.Int64,
             "n_mutated_suppressed": pl.Boolean,
             "n_patients": pl.Int64,
+            "n_patients_suppressed": pl.Boolean,
             "frequency": pl.Float64,
         },
         orient="row",
@@ -289,7 +355,7 @@ def mutation_enrichment(
         )
     freq_all = mcount.sum(axis=1) if shown else np.zeros(n_genes)
     order = np.lexsort((np.arange(n_genes), -freq_all, minq))
-    top_idx = [int(i) for i in order[: max(0, int(top))] if freq_all[i] > 0]
+    top_idx = [int(i) for i in order if freq_all[i] > 0][: max(0, int(top))]
     top_genes = [genes[i] for i in top_idx]
 
     rows = []
@@ -298,19 +364,21 @@ def mutation_enrichment(
         row = {"gene": genes[i]}
         for j, k in enumerate(shown):
             n = int(mcount[i, j])
-            row[cluster_name(k)] = (
-                format_count(n, True, min_cell)
-                if cell_sup[i, j]
-                else f"{n} ({100 * n / sizes[j]:.1f}%)"
-            )
+            if cell_sup[i, j]:
+                row[cluster_name(k)] = format_count(n, True, min_cell)
+            elif cov_sup[j] or sizes[j] == 0:
+                row[cluster_name(k)] = str(n)
+            else:
+                row[cluster_name(k)] = f"{n} ({100 * n / sizes[j]:.1f}%)"
         for k in layout.suppressed:
             row[cluster_name(k)] = SUPPRESSED_CLUSTER
-        tot = int(mcount[i].sum())
         if overall:
+            tot = int(mcount[i].sum())
+            tot_n = int(sizes.sum())
             row["overall"] = (
                 format_count(tot, True, min_cell)
-                if tot_sup[i]
-                else f"{tot} ({100 * tot / max(int(sizes.sum()), 1):.1f}%)"
+                if all_sup[i]
+                else (str(tot) if cov_sup.any() else f"{tot} ({100 * tot / max(tot_n, 1):.1f}%)")
             )
         best = None
         for g, k in enumerate(tested):
@@ -344,10 +412,12 @@ def mutation_enrichment(
     ]
     table = pl.DataFrame(rows, schema={c: pl.String for c in cols}, orient="row")
 
-    # Oncoprint.
+    # Oncoprint: displayed clusters whose number of patients with data is shown.
     blocks = []
     col_clusters: list[int] = []
     for j, k in enumerate(shown):
+        if cov_sup[j]:
+            continue
         sub = m[cl == k][:, top_idx].T.astype(np.int8)  # genes x patients
         hide = cell_sup[top_idx, j] if top_idx else np.zeros(0, bool)
         visible = sub[~hide]
@@ -360,16 +430,40 @@ def mutation_enrichment(
         col_clusters.extend([k] * sub.shape[1])
     matrix = np.concatenate(blocks, axis=1) if blocks else np.zeros((len(top_idx), 0), np.int8)
     notes.append(
-        "Enrichment: one-sided Fisher's exact test of each cluster against all other assigned "
-        f"patients, BH q over {n_genes} genes x {len(tested)} clusters."
+        "Enrichment: one-sided Fisher's exact test of each cluster against the patients of the "
+        f"other tested clusters, BH q over {n_genes} genes x {len(tested)} clusters. Where a "
+        "count the test depends on is withheld, the odds ratio is withheld and p/q are shown "
+        "only as categories."
     )
+    if n_no_data:
+        what = f"An undisclosed number ({WITHHELD_MARK}) of" if no_data_sup else str(n_no_data)
+        notes.append(f"{what} patient(s) of the displayed clusters have no mutation data.")
+    if cov_sup.any():
+        notes.append(
+            "The number of patients with mutation data is withheld for "
+            + ", ".join(cluster_name(k) for k, c in zip(shown, cov_sup, strict=True) if c)
+            + " (it would reveal a small count): no percentages, enrichment test or oncoprint "
+            "block there."
+        )
+    layout_d = layout.to_dict()
+    layout_d["with_data"] = [
+        {
+            "cluster": k,
+            "name": cluster_name(k),
+            "n": None if cov_sup[j] else int(sizes[j]),
+            "n_suppressed": bool(cov_sup[j]),
+        }
+        for j, k in enumerate(shown)
+    ]
+    layout_d["n_without_data"] = None if no_data_sup else n_no_data
+    layout_d["n_without_data_suppressed"] = no_data_sup
     return MutationResult(
         table=table,
         frequencies=frequencies,
         enrichment=enrichment,
         top_genes=top_genes,
         oncoprint=OncoPrint(genes=top_genes, column_clusters=col_clusters, matrix=matrix),
-        layout=layout.to_dict(),
+        layout=layout_d,
         notes=notes,
         min_cell=min_cell,
     )

@@ -11,13 +11,21 @@ Rules (``min_cell`` defaults to 5):
   ``margin = sum(cells)``. Suppression is extended until
 
   1. no line contains exactly one withheld entry (the next smallest non-zero cell of the line is
-     withheld, else the smallest zero cell, else the line's total), and
+     withheld, else the line's total; zeros are never used, as with non-negativity a withheld
+     zero can pin the cells it is meant to protect), and
   2. no withheld entry is determined by any linear combination of lines. Withheld entries are
      the edges of a bipartite graph (row lines x column lines); an entry is determined exactly
      when its edge is a *bridge* (lies on no cycle). Each bridge is broken by withholding the
      smallest further entry that closes a cycle through it.
 
   Both steps are repeated to a fixed point.
+* **Nested / overlapping sums** (:func:`suppress_linear`, :func:`suppress_nested`) — e.g. a
+  group's ``n`` and responders shown within a cluster whose size is public, plus a total of
+  excluded patients: cells and published sums form a linear system; suppression is extended
+  until no withheld entry (nor any small count that is never displayed, such as
+  non-responders or patients excluded from a cluster) is determined by any linear combination
+  of the published values. Zeros are treated as known (with non-negativity, a withheld zero
+  can pin other cells) and never serve as complements.
 * **Totals** — a non-zero row/column/grand total below ``min_cell`` is withheld too.
 * **Small clusters** — clusters with fewer than ``min_cell`` patients are reported only as
   "suppressed": their patients are left out of every displayed count, percentage, median,
@@ -27,14 +35,20 @@ Callers withhold anything derived from a withheld count (percentages, medians, c
 Withheld values are ``None`` in raw output, with a ``<name>_suppressed: True`` flag beside them.
 Display: every count withheld inside a table shows the same mark :data:`WITHHELD_MARK` (``*``);
 showing ``"<5"`` for small cells but another mark for complementary ones would leak bounds
-that can pin a small cell (e.g. ``[[5, 5], [3, 8]]`` fully withheld). Standalone counts (size
-of a suppressed cluster, excluded patients) show ``"<5"``.
+that can pin a small cell (e.g. ``[[5, 5], [3, 8]]`` fully withheld). Only the size of a
+suppressed cluster (a standalone count that is small by definition) shows ``"<5"``. Withheld
+numbers of excluded patients are described without a bound ("an undisclosed number").
+
+Cluster sizes are treated as public everywhere (they are shown in Table 1). Consequently a
+displayed number of analysed patients (survival, response, mutation data) would reveal the
+number of patients of that cluster lacking the data; by default (``protect_missing=True``)
+that number is protected like any other count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -61,6 +75,8 @@ __all__ = [
     "SUPPRESSED_CLUSTER",
     "UNASSIGNED",
     "ClusterLayout",
+    "LinearSuppression",
+    "NestedSuppression",
     "Suppression",
     "check_min_cell",
     "cluster_name",
@@ -69,6 +85,8 @@ __all__ = [
     "format_percent",
     "join_labels",
     "small_clusters",
+    "suppress_linear",
+    "suppress_nested",
     "suppress_table",
     "suppress_with_margins",
     "to_jsonable",
@@ -118,16 +136,24 @@ def _augment(counts: np.ndarray) -> np.ndarray:
     return a
 
 
-def _line_candidates(values: np.ndarray, mask: np.ndarray) -> int | None:
-    """Index of the entry to withhold next in one line (last entry = the line's total)."""
+def _line_candidates(
+    values: np.ndarray, mask: np.ndarray, crossing: np.ndarray | None = None
+) -> int | None:
+    """Index of the entry to withhold next in one line (last entry = the line's total).
+
+    ``crossing[i]`` is the number of withheld entries in the line crossing entry ``i``:
+    entries whose crossing line has exactly one withheld entry come first (withholding them
+    protects that line too), then lines with more, then the rest; smallest value first.
+    """
     free = np.flatnonzero(~mask[:-1])
-    if free.size:
-        vals = values[free]
-        nonzero = free[vals > 0]
-        if nonzero.size:
+    nonzero = free[values[free] > 0]
+    if nonzero.size:
+        if crossing is None:
             return int(nonzero[np.argmin(values[nonzero])])
-        return int(free[0])
-    if not mask[-1]:
+        cr = crossing[nonzero]
+        rank = np.where(cr == 1, 0, np.where(cr >= 2, 1, 2))
+        return int(nonzero[np.lexsort((values[nonzero], rank))[0]])
+    if not mask[-1] and values[-1] > 0:
         return len(values) - 1
     return None
 
@@ -171,8 +197,9 @@ def _find_bridge(edges: np.ndarray, protected: np.ndarray) -> tuple[int, int] | 
 def _break_bridge(
     a: np.ndarray, blocked: np.ndarray, edges: np.ndarray, edge: tuple[int, int]
 ) -> tuple[int, int] | None:
-    """Entry whose withholding closes a cycle through ``edge`` (interior, non-zero, smallest
-    first); ``blocked`` entries (withheld, hidden or public) cannot be chosen."""
+    """Entry whose withholding closes a cycle through ``edge`` (interior first, smallest
+    first); ``blocked`` entries (withheld, hidden or public) and zeros cannot be chosen (with
+    non-negativity a withheld zero can pin the cells it is meant to protect)."""
     nr = edges.shape[0]
     i, j = edge
     side = _component(edges, i, (i, nr + j))
@@ -188,8 +215,10 @@ def _break_bridge(
                     continue
                 c = v - nr
                 val = int(a[u, c])
+                if val == 0:
+                    continue
                 margin = int(u == last_r) + int(c == last_c)
-                cands.append((margin, 0 if val > 0 else 1, val, u, c))
+                cands.append((margin, 0, val, u, c))
     if not cands:
         return None
     best = min(cands)
@@ -223,14 +252,14 @@ def _suppress_cached(
             changed = False
             for i in range(a.shape[0]):
                 if mask[i].sum() == 1 and not hidden[i].any():
-                    k = _line_candidates(a[i], mask[i] | blocked_base[i])
+                    k = _line_candidates(a[i], mask[i] | blocked_base[i], mask.sum(axis=0))
                     if k is None:
                         return (~public).tobytes()
                     mask[i, k] = True
                     changed = True
             for j in range(a.shape[1]):
                 if mask[:, j].sum() == 1 and not hidden[:, j].any():
-                    k = _line_candidates(a[:, j], mask[:, j] | blocked_base[:, j])
+                    k = _line_candidates(a[:, j], mask[:, j] | blocked_base[:, j], mask.sum(axis=1))
                     if k is None:
                         return (~public).tobytes()
                     mask[k, j] = True
@@ -288,6 +317,281 @@ def suppress_table(counts: np.ndarray, min_cell: int = 5) -> np.ndarray:
     masks of the totals.
     """
     return suppress_with_margins(counts, min_cell).cells
+
+
+# --------------------------------------------------------------------------------------------
+# General linear suppression (tables with nested or overlapping published sums)
+# --------------------------------------------------------------------------------------------
+
+_CELL_STATUSES = ("shown", "hidden")
+_AGG_STATUSES = ("shown", "hidden", "public")
+
+
+@dataclass(frozen=True)
+class LinearSuppression:
+    """Masks (True = not published) of the cells and aggregates of :func:`suppress_linear`."""
+
+    cells: np.ndarray
+    aggregates: np.ndarray
+
+    @property
+    def any(self) -> bool:
+        """Whether any shown cell or aggregate is withheld (hidden ones included)."""
+        return bool(self.cells.any() or self.aggregates.any())
+
+
+def _null_basis(rows: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (columns) of the null space of ``rows`` (published sums x unknowns)."""
+    n = rows.shape[1]
+    if rows.shape[0] == 0 or n == 0:
+        return np.eye(n)
+    _, s, vt = np.linalg.svd(rows, full_matrices=True)
+    rank = int((s > 1e-9 * max(1.0, float(s[0]))).sum()) if s.size else 0
+    return vt[rank:].T
+
+
+def _determined_items(
+    inc: np.ndarray, cell_unknown: np.ndarray, agg_unpublished: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which cells / aggregates are determined by the published values.
+
+    ``inc`` is the aggregates x cells incidence matrix. A linear functional of the cells is
+    determined exactly when it is orthogonal to every direction in which the unknown cells can
+    move without changing a published value (the null space of the published sums).
+    """
+    unk = np.flatnonzero(cell_unknown)
+    basis = _null_basis(inc[~agg_unpublished][:, unk].astype(float))
+    cell_det = np.ones(cell_unknown.size, dtype=bool)
+    if unk.size:
+        cell_det[unk] = np.linalg.norm(basis, axis=1) < 1e-8
+    agg_det = np.linalg.norm(inc[:, unk].astype(float) @ basis, axis=1) < 1e-8
+    return cell_det, agg_det
+
+
+@lru_cache(maxsize=16384)
+def _suppress_linear_cached(
+    values: tuple[int, ...],
+    aggregates: tuple[tuple[int, ...], ...],
+    min_cell: int,
+    cell_status: tuple[str, ...],
+    agg_status: tuple[str, ...],
+) -> tuple[bytes, bytes]:
+    v = np.array(values, dtype=np.int64)
+    inc = np.zeros((len(aggregates), v.size), dtype=np.int8)
+    for i, members in enumerate(aggregates):
+        inc[i, list(members)] = 1
+    av = inc.astype(np.int64) @ v
+    c_hidden = np.array([s == "hidden" for s in cell_status], dtype=bool)
+    a_hidden = np.array([s == "hidden" for s in agg_status], dtype=bool)
+    a_public = np.array([s == "public" for s in agg_status], dtype=bool)
+    c_small = (v > 0) & (v < min_cell)
+    a_small = (av > 0) & (av < min_cell) & ~a_public & ~a_hidden
+    cw = c_hidden | c_small
+    aw = a_hidden | a_small
+    if not (c_small.any() or a_small.any()):
+        return cw.tobytes(), aw.tobytes()  # nothing small: nothing to protect
+    # Zero cells are treated as known to the reader whether published or not: with
+    # non-negativity a withheld zero can pin other cells, so it never protects anything.
+    nonzero = v > 0
+    # Entries determined by the public aggregates alone cannot be protected (small ones are
+    # still withheld from display).
+    pub_c, pub_a = _determined_items(inc, np.ones(v.size, dtype=bool), ~a_public)
+
+    def leak(cw_: np.ndarray, aw_: np.ndarray) -> tuple[str, int] | None:
+        """First protected entry (withheld shown entry, or small hidden cell) determined."""
+        cdet, adet = _determined_items(inc, cw_ & nonzero, aw_)
+        prot_c = nonzero & ~pub_c & ((cw_ & ~c_hidden) | c_small)
+        hit = np.flatnonzero(prot_c & cdet)
+        if hit.size:
+            return "cell", int(hit[0])
+        hit = np.flatnonzero(aw_ & ~a_hidden & ~pub_a & adet)
+        if hit.size:
+            return "agg", int(hit[0])
+        return None
+
+    def fixes(cw_: np.ndarray, aw_: np.ndarray, item: tuple[str, int]) -> bool:
+        cdet, adet = _determined_items(inc, cw_ & nonzero, aw_)
+        return not bool(cdet[item[1]] if item[0] == "cell" else adet[item[1]])
+
+    while (item := leak(cw, aw)) is not None:
+        cands = sorted(
+            [
+                ((0, int(v[i]), int(i)), "cell", int(i))
+                for i in np.flatnonzero(~cw & nonzero & ~pub_c)
+            ]
+            + [
+                ((1, int(av[j]), int(j)), "agg", int(j))
+                for j in np.flatnonzero(~aw & ~a_public & (av > 0) & ~pub_a)
+            ]
+        )
+        choice: list[tuple[str, int]] | None = None
+        for _, kind, idx in cands:
+            cw2, aw2 = cw.copy(), aw.copy()
+            (cw2 if kind == "cell" else aw2)[idx] = True
+            if fixes(cw2, aw2, item):
+                choice = [(kind, idx)]
+                break
+        if choice is None:
+            head = cands[:12]
+            for a_ in range(len(head)):
+                for b_ in range(a_ + 1, len(head)):
+                    cw2, aw2 = cw.copy(), aw.copy()
+                    for _, kind, idx in (head[a_], head[b_]):
+                        (cw2 if kind == "cell" else aw2)[idx] = True
+                    if fixes(cw2, aw2, item):
+                        choice = [head[a_][1:], head[b_][1:]]
+                        break
+                if choice is not None:
+                    break
+        if choice is None:
+            # Last resort: withhold everything that is not public.
+            return np.ones(v.size, bool).tobytes(), (~a_public).tobytes()
+        for kind, idx in choice:
+            (cw if kind == "cell" else aw)[idx] = True
+    return cw.tobytes(), aw.tobytes()
+
+
+def suppress_linear(
+    values: Sequence[int] | np.ndarray,
+    aggregates: Sequence[Sequence[int]] = (),
+    min_cell: int = 5,
+    *,
+    cell_status: Sequence[str] | None = None,
+    aggregate_status: Sequence[str] | None = None,
+) -> LinearSuppression:
+    """Small-cell suppression of counts published as cells and (overlapping) sums of cells.
+
+    ``values`` are the counts of the finest cells; ``aggregates`` lists, for every published
+    sum, the indices of the cells it adds up (e.g. a group's size = responders + others).
+
+    * ``cell_status``: ``"shown"`` (displayed unless withheld; default) or ``"hidden"`` (never
+      displayed, e.g. non-responders when only ``n`` and responders are shown);
+    * ``aggregate_status``: ``"shown"`` (default), ``"hidden"`` (not displayed) or
+      ``"public"`` (published elsewhere, e.g. cluster sizes; never withheld).
+
+    Every non-zero shown cell or shown aggregate below ``min_cell`` is withheld, and so is
+    every further entry needed until no withheld entry -- and no hidden cell below
+    ``min_cell`` -- is determined by the published values (exactly: by any linear
+    combination of them). Complementary entries are chosen cells first, non-zero before zero,
+    smallest first. Returns masks with True = not published (hidden entries included).
+    """
+    min_cell = check_min_cell(min_cell)
+    v = np.asarray(values)
+    if v.ndim != 1:
+        raise ValueError("values must be 1-D")
+    if v.size and (np.any(v < 0) or not np.all(np.equal(np.mod(v, 1), 0))):
+        raise ValueError("counts must be non-negative integers")
+    cs = tuple(cell_status) if cell_status is not None else ("shown",) * v.size
+    ast = tuple(aggregate_status) if aggregate_status is not None else ("shown",) * len(aggregates)
+    if len(cs) != v.size or len(ast) != len(aggregates):
+        raise ValueError("status lists must match values / aggregates in length")
+    if any(s not in _CELL_STATUSES for s in cs) or any(s not in _AGG_STATUSES for s in ast):
+        raise ValueError(f"cell status in {_CELL_STATUSES}, aggregate status in {_AGG_STATUSES}")
+    aggs = tuple(tuple(sorted({int(i) for i in a})) for a in aggregates)
+    if any(i < 0 or i >= v.size for a in aggs for i in a):
+        raise ValueError("aggregate index out of range")
+    if v.size == 0:
+        return LinearSuppression(np.zeros(0, bool), np.array([s != "public" for s in ast], bool))
+    raw_c, raw_a = _suppress_linear_cached(tuple(int(x) for x in v), aggs, min_cell, cs, ast)
+    return LinearSuppression(
+        np.frombuffer(raw_c, dtype=bool).copy(), np.frombuffer(raw_a, dtype=bool).copy()
+    )
+
+
+@dataclass(frozen=True)
+class NestedSuppression:
+    """Result of :func:`suppress_nested` (True = withheld), indexed like its inputs."""
+
+    n: list[dict[str, bool]]
+    positive: list[dict[str, bool]]
+    excluded_totals: list[bool]
+    group_n_totals: dict[str, bool]
+    group_positive_totals: dict[str, bool]
+
+
+def suppress_nested(
+    sizes: Sequence[int],
+    groups: Sequence[Mapping[str, tuple[int, int]]],
+    excluded: Sequence[Sequence[int]] = (),
+    min_cell: int = 5,
+    *,
+    group_totals: bool = False,
+    protect_excluded: bool = True,
+) -> NestedSuppression:
+    """Suppression for per-cluster tables of groups whose cluster sizes are public.
+
+    Cluster ``k`` (size ``sizes[k]``, published elsewhere) is split into groups (e.g.
+    treatments) ``groups[k][label] = (n, positive)`` -- ``n`` and ``positive`` (events,
+    responders) are displayed, ``n - positive`` is not -- and into patients excluded for
+    reason ``r`` (``excluded[k][r]``, not displayed per cluster; only the total over clusters
+    per reason is). With ``group_totals`` the per-label totals of ``n`` and ``positive`` over
+    clusters are displayed too. Because the cluster sizes are public, a displayed ``n`` would
+    otherwise reveal a small number of excluded patients; :func:`suppress_linear` withholds
+    what is needed (see there). ``protect_excluded=False`` treats the numbers of excluded
+    patients as disclosable (they are then published exactly and never withheld).
+    """
+    values: list[int] = []
+    status: list[str] = []
+    aggs: list[list[int]] = []
+    astat: list[str] = []
+    n_idx: list[dict[str, int]] = []
+    pos_idx: list[dict[str, int]] = []
+    n_reasons = max((len(e) for e in excluded), default=0)
+    reason_cells: list[list[int]] = [[] for _ in range(n_reasons)]
+    label_cells: dict[str, tuple[list[int], list[int]]] = {}
+    for k, size in enumerate(sizes):
+        members: list[int] = []
+        n_idx.append({})
+        pos_idx.append({})
+        for label, (n, pos) in groups[k].items():
+            if pos > n or pos < 0:
+                raise ValueError("positive count must lie in [0, n]")
+            base = len(values)
+            values += [int(pos), int(n) - int(pos)]
+            status += ["shown", "hidden"]
+            members += [base, base + 1]
+            pos_idx[k][label] = base
+            n_idx[k][label] = len(aggs)
+            aggs.append([base, base + 1])
+            astat.append("shown")
+            lc = label_cells.setdefault(label, ([], []))
+            lc[0].append(base)
+            lc[1].extend([base, base + 1])
+        for r, x in enumerate(excluded[k] if k < len(excluded) else ()):
+            values.append(int(x))
+            status.append("hidden")
+            members.append(len(values) - 1)
+            reason_cells[r].append(len(values) - 1)
+            if not protect_excluded:
+                aggs.append([len(values) - 1])
+                astat.append("public")
+        if sum(values[i] for i in members) != int(size):
+            raise ValueError(f"cluster {k}: groups and exclusions do not add up to its size")
+        aggs.append(members)
+        astat.append("public")
+    tot_idx = []
+    for cells in reason_cells:
+        tot_idx.append(len(aggs))
+        aggs.append(cells)
+        astat.append("shown" if protect_excluded else "public")
+    gn_idx: dict[str, int] = {}
+    gp_idx: dict[str, int] = {}
+    if group_totals:
+        for label, (pos_cells, all_cells) in label_cells.items():
+            gp_idx[label] = len(aggs)
+            aggs.append(pos_cells)
+            astat.append("shown")
+            gn_idx[label] = len(aggs)
+            aggs.append(all_cells)
+            astat.append("shown")
+    sup = suppress_linear(values, aggs, min_cell, cell_status=status, aggregate_status=astat)
+    return NestedSuppression(
+        n=[{lab: bool(sup.aggregates[i]) for lab, i in d.items()} for d in n_idx],
+        positive=[{lab: bool(sup.cells[i]) for lab, i in d.items()} for d in pos_idx],
+        excluded_totals=[bool(sup.aggregates[i]) for i in tot_idx],
+        group_n_totals={lab: bool(sup.aggregates[i]) for lab, i in gn_idx.items()},
+        group_positive_totals={lab: bool(sup.aggregates[i]) for lab, i in gp_idx.items()},
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import statsmodels.api as sm
-from scipy import stats
+from scipy import special, stats
+from statsmodels.genmod import families
+from statsmodels.genmod.generalized_linear_model import GLM
 from statsmodels.stats.proportion import proportion_confint
 from statsmodels.tools.sm_exceptions import (
     ConvergenceWarning,
@@ -32,6 +33,7 @@ from statsmodels.tools.sm_exceptions import (
 
 from cohortctl.characterise.multiple_testing import (
     bh_qvalues,
+    coarsen_flags_for_q,
     display_p,
     format_p,
     publish_test,
@@ -39,6 +41,7 @@ from cohortctl.characterise.multiple_testing import (
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
     SUPPRESSED_CLUSTER,
+    WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
     check_min_cell,
@@ -46,7 +49,7 @@ from cohortctl.characterise.privacy import (
     format_count,
     format_number,
     join_labels,
-    suppress_with_margins,
+    suppress_nested,
     to_jsonable,
 )
 
@@ -134,7 +137,11 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def _two_by_k_test(table: np.ndarray) -> tuple[str | None, float, float]:
-    """Test of a (responders, non-responders) x clusters table; NaN when not testable."""
+    """Test of a 2 x k table (rows: responders, non-responders); NaN when not testable.
+
+    Chi-square test of independence (``scipy.stats.chi2_contingency``, Yates-corrected for
+    2 x 2), or Fisher's exact test for a 2 x 2 table with an expected count below 5.
+    """
     t = table[:, table.sum(axis=0) > 0]
     if t.shape[1] < 2 or np.any(t.sum(axis=1) == 0):
         return None, float("nan"), float("nan")
@@ -158,21 +165,35 @@ def _glm_llf(y: np.ndarray, x: np.ndarray) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerfectSeparationWarning)
         warnings.simplefilter("error", ConvergenceWarning)
-        res = sm.GLM(y, x, family=sm.families.Binomial()).fit()
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = GLM(y, x, family=families.Binomial()).fit()
     llf = float(res.llf)
     if not np.isfinite(llf) or not np.all(np.isfinite(res.params)):
         raise PerfectSeparationError("non-finite fit")
+    mu = np.asarray(res.fittedvalues, dtype=float)
+    # Quasi-complete separation: IRLS "converges" with a diverging coefficient and fitted
+    # probabilities pinned at 0 or 1 (the MLE does not exist).
+    if np.any(np.abs(res.params) > 15) or np.any((mu < 1e-7) | (mu > 1 - 1e-7)):
+        raise PerfectSeparationError("quasi-complete separation")
     return llf
 
 
 def interaction_lr_test(
     y: np.ndarray, cluster: np.ndarray, treatment: np.ndarray
 ) -> dict[str, Any]:
-    """LR test of ``response ~ C(cluster) * C(treatment)`` vs the additive model (GLM Binomial).
+    """LR test of ``response ~ C(cluster) * C(treatment)`` vs ``C(cluster) + C(treatment)``.
 
-    Returns ``statistic``, ``df``, ``p`` (None when not testable) and ``separation`` (True when
-    a cluster x treatment cell has 0% or 100% response, or the fit fails).
+    The interaction model is saturated in the cluster x treatment cells, so its maximised
+    log-likelihood is computed exactly from the cell proportions (finite even when a cell has
+    0% or 100% response); the additive logistic model is fitted with statsmodels (GLM
+    Binomial). ``df`` = number of non-empty cells - rank of the additive design. Returns
+    ``statistic``, ``df``, ``p`` (None when not testable, with a ``note``), ``separation``
+    (True when the additive model cannot be fitted: perfect/quasi-complete separation) and
+    ``sparse_cells`` (some cell has 0% or 100% response; the test is then approximate).
     """
+    y = np.asarray(y, dtype=float)
+    cluster = np.asarray(cluster)
+    treatment = np.asarray(treatment, dtype=object)
     cl_levels = sorted(set(cluster.tolist()))
     tr_levels = sorted(set(treatment.tolist()))
     out: dict[str, Any] = {
@@ -180,33 +201,39 @@ def interaction_lr_test(
         "df": None,
         "p": None,
         "separation": False,
-        "method": "likelihood-ratio test, logistic GLM (statsmodels)",
+        "sparse_cells": False,
+        "note": None,
+        "method": "likelihood-ratio test: saturated cluster x treatment logistic model vs "
+        "additive model (statsmodels GLM)",
     }
     if len(cl_levels) < 2 or len(tr_levels) < 2:
         out["note"] = "needs at least two clusters and two treatments"
         return out
+    dc, dt = _dummies(cluster, cl_levels), _dummies(treatment, tr_levels)
+    x_add = np.column_stack([np.ones(y.size), dc, dt])
+    llf_full = 0.0
+    n_cells = 0
     for c in cl_levels:
         for t in tr_levels:
             m = (cluster == c) & (treatment == t)
-            if m.any() and (y[m].min() == y[m].max()):
-                out["separation"] = True
-    dc, dt = _dummies(cluster, cl_levels), _dummies(treatment, tr_levels)
-    inter = np.column_stack(
-        [dc[:, [i]] * dt[:, [j]] for i in range(dc.shape[1]) for j in range(dt.shape[1])]
-    )
-    inter = inter[:, inter.any(axis=0)]
-    x_add = np.column_stack([np.ones(y.size), dc, dt])
-    x_full = np.column_stack([x_add, inter])
-    df = int(np.linalg.matrix_rank(x_full) - np.linalg.matrix_rank(x_add))
-    out["df"] = df
-    if df == 0:
+            n = int(m.sum())
+            if n == 0:
+                continue
+            n_cells += 1
+            r = float(y[m].sum())
+            if r in (0.0, float(n)):
+                out["sparse_cells"] = True
+            llf_full += float(special.xlogy(r, r / n) + special.xlogy(n - r, 1 - r / n))
+    df = n_cells - int(np.linalg.matrix_rank(x_add))
+    if df <= 0:
         out["note"] = "no cluster has more than one treatment: interaction not estimable"
+        return out
+    out["df"] = df
+    if y.sum() in (0, y.size):
+        out["note"] = "response does not vary"
         out["df"] = None
         return out
-    if out["separation"]:
-        return out
     try:
-        llf_full = _glm_llf(y, x_full)
         llf_add = _glm_llf(y, x_add)
     except (
         PerfectSeparationError,
@@ -216,6 +243,7 @@ def interaction_lr_test(
         ValueError,
     ):
         out["separation"] = True
+        out["note"] = "additive model not estimable (separation)"
         return out
     lr = max(0.0, 2.0 * (llf_full - llf_add))
     out.update(statistic=lr, p=float(stats.chi2.sf(lr, df)))
@@ -226,9 +254,11 @@ def interaction_lr_test(
 class ResponseResult:
     """Result of :func:`response_by_cluster`.
 
-    ``table`` (display): per cluster x treatment n evaluable, responders, rate (95% Wilson CI).
-    ``tests`` (display): per-treatment test across clusters with BH q. ``cells``/``treatments``/
-    ``interaction`` hold the raw numbers.
+    Display tables: ``table`` -- per cluster x treatment n evaluable, responders, rate (95%
+    Wilson CI); ``tests`` -- per treatment, does response differ across clusters (chi-square /
+    Fisher, BH q over treatments); ``cluster_tests`` -- per cluster, does response differ
+    between treatments (BH q over clusters). Raw numbers: ``cells``, ``treatments``,
+    ``by_cluster`` and ``interaction`` (cluster x treatment LR test).
     """
 
     table: pl.DataFrame
@@ -240,6 +270,8 @@ class ResponseResult:
     layout: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     min_cell: int = 5
+    cluster_tests: pl.DataFrame = field(default_factory=pl.DataFrame)
+    by_cluster: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable raw numbers (suppressed values are ``None`` + flag)."""
@@ -249,6 +281,7 @@ class ResponseResult:
                 "layout": self.layout,
                 "cells": self.cells,
                 "treatments": self.treatments,
+                "by_cluster": self.by_cluster,
                 "interaction": self.interaction,
                 "excluded": self.excluded,
                 "notes": self.notes,
@@ -263,6 +296,9 @@ def _rate_text(k: int, n: int, shown: bool) -> str:
     return f"{100 * k / n:.1f}% ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
+_TEST_NAMES = {"chi2": "chi-square", "fisher": "Fisher", None: "not testable"}
+
+
 def response_by_cluster(
     df: pl.DataFrame,
     min_cell: int = 5,
@@ -270,12 +306,23 @@ def response_by_cluster(
     treatment_col: str = "treatment",
     response_col: str = "response",
     overall: bool = False,
+    protect_missing: bool = True,
 ) -> ResponseResult:
-    """Response rates per cluster x treatment, interaction LR test and per-treatment tests.
+    """Response rates per cluster x treatment, interaction LR test and per-group tests.
 
-    ``df`` has columns ``patient_id``, ``cluster`` (-1 = unassigned), treatment and response.
-    Patients with missing treatment or response are excluded and counted. ``overall=True``
-    adds a per-treatment "overall" row (costs extra complementary suppression).
+    ``df`` has one row per clustered patient (every patient of the clustering, so that cluster
+    sizes match the rest of the report) with columns ``cluster`` (-1 = unassigned),
+    treatment and response (see :func:`parse_response`). Patients with missing treatment or
+    response are excluded and counted (among displayed clusters). ``overall=True`` adds a
+    per-treatment "overall" row (costs extra complementary suppression). Cluster sizes are
+    public, so with ``protect_missing`` (default) a small number of excluded patients in a
+    cluster withholds what would reveal it; ``protect_missing=False`` treats numbers of
+    patients without response data as disclosable.
+
+    Whether the treatment effect differs between clusters is tested by the likelihood-ratio
+    test of the cluster x treatment interaction (:func:`interaction_lr_test`); when that is
+    not estimable (separation, too few patients) the per-cluster treatment tests with BH
+    q-values (``cluster_tests``) are the fallback.
     """
     min_cell = check_min_cell(min_cell)
     for c in ("cluster", treatment_col, response_col):
@@ -284,16 +331,18 @@ def response_by_cluster(
     if df["cluster"].null_count():
         raise CharacteriseInputError("cluster column has missing labels (use -1 for unassigned)")
     y_all = parse_response(df[response_col])
-    trt_all = df[treatment_col].cast(pl.String).to_list()
+    trt_all = [
+        None if t is None or not str(t).strip() else str(t).strip()
+        for t in df[treatment_col].cast(pl.String).to_list()
+    ]
     cl_all = df["cluster"].cast(pl.Int64).to_numpy()
     layout = ClusterLayout.from_labels(cl_all.tolist(), min_cell)
-    ok = np.isfinite(y_all) & np.array([t is not None for t in trt_all])
-    n_excl = int((~ok).sum())
+    ok = np.isfinite(y_all) & np.array([t is not None for t in trt_all], dtype=bool)
     y = y_all[ok]
     cl = cl_all[ok]
     trt = np.array([t for t, o in zip(trt_all, ok, strict=True) if o], dtype=object)
-    treatments = sorted(set(trt.tolist()))
     shown = layout.shown
+    treatments = sorted(set(trt[np.isin(cl, shown)].tolist()))
     notes: list[str] = [
         "Response: CR/PR/responder/1/true = response; SD/PD/non-responder/0/false = no "
         "response; NE/unknown/missing excluded. Rates with 95% Wilson intervals."
@@ -306,34 +355,56 @@ def response_by_cluster(
     if -1 in shown:
         notes.append("Unassigned patients are shown but excluded from tests.")
 
+    n_arr = np.array([[int(((trt == g) & (cl == k)).sum()) for k in shown] for g in treatments])
+    r_arr = np.array([[int(y[(trt == g) & (cl == k)].sum()) for k in shown] for g in treatments])
+    n_arr = n_arr.reshape(len(treatments), len(shown)).astype(np.int64)
+    r_arr = r_arr.reshape(len(treatments), len(shown)).astype(np.int64)
+    excl = [layout.sizes[k] - int(n_arr[:, j].sum()) for j, k in enumerate(shown)]
+    sup = suppress_nested(
+        [layout.sizes[k] for k in shown],
+        [
+            {
+                g: (int(n_arr[i, j]), int(r_arr[i, j]))
+                for i, g in enumerate(treatments)
+                if n_arr[i, j]
+            }
+            for j in range(len(shown))
+        ],
+        [[x] for x in excl],
+        min_cell,
+        group_totals=overall,
+        protect_excluded=protect_missing,
+    )
+    n_sup = np.array(
+        [[sup.n[j].get(g, False) for j in range(len(shown))] for g in treatments], dtype=bool
+    ).reshape(n_arr.shape)
+    r_sup = np.array(
+        [[sup.positive[j].get(g, False) for j in range(len(shown))] for g in treatments],
+        dtype=bool,
+    ).reshape(n_arr.shape)
+    any_sup = n_sup | r_sup
+
     rows: list[dict[str, str]] = []
     cells: list[dict[str, Any]] = []
     treat_raw: list[dict[str, Any]] = []
-    any_tested_sup = False
-    for g in treatments:
-        gm = trt == g
-        r = np.array([int(y[gm & (cl == k)].sum()) for k in shown], dtype=np.int64)
-        n = np.array([int((gm & (cl == k)).sum()) for k in shown], dtype=np.int64)
-        sup = suppress_with_margins(
-            np.vstack([r, n - r]), min_cell, row_totals="shown" if overall else "hidden"
-        )
+    tested_cols = [shown.index(k) for k in layout.tested]
+    for i, g in enumerate(treatments):
         for j, k in enumerate(shown):
-            if n[j] == 0:
+            n, r = int(n_arr[i, j]), int(r_arr[i, j])
+            if n == 0:
                 continue
-            n_sup = bool(sup.col_totals[j])
-            r_sup = bool(sup.cells[0, j])
-            show_rate = not (n_sup or r_sup or sup.cells[1, j])
-            lo, hi = _wilson(int(r[j]), int(n[j])) if show_rate else (None, None)
+            show_rate = not any_sup[i, j]
+            lo, hi = _wilson(r, n) if show_rate else (None, None)
             cells.append(
                 {
                     "cluster": k,
                     "name": cluster_name(k),
                     "treatment": g,
-                    "n": None if n_sup else int(n[j]),
-                    "n_suppressed": n_sup,
-                    "responders": None if r_sup else int(r[j]),
-                    "responders_suppressed": r_sup,
-                    "rate": float(r[j] / n[j]) if show_rate else None,
+                    "n": None if n_sup[i, j] else n,
+                    "n_suppressed": bool(n_sup[i, j]),
+                    "responders": None if r_sup[i, j] else r,
+                    "responders_suppressed": bool(r_sup[i, j]),
+                    "rate": r / n if show_rate else None,
                     "ci_lower": lo,
                     "ci_upper": hi,
                     "rate_withheld": not show_rate,
@@ -343,47 +414,46 @@ def response_by_cluster(
                 {
                     "cluster": cluster_name(k),
                     "treatment": g,
-                    "n": format_count(int(n[j]), n_sup, min_cell),
-                    "responders": format_count(int(r[j]), r_sup, min_cell),
-                    "response rate (95% CI)": _rate_text(int(r[j]), int(n[j]), show_rate),
+                    "n": format_count(n, bool(n_sup[i, j]), min_cell),
+                    "responders": format_count(r, bool(r_sup[i, j]), min_cell),
+                    "response rate (95% CI)": _rate_text(r, n, show_rate),
                 }
             )
-        tot_n, tot_r = int(n.sum()), int(r.sum())
-        t_show = not (sup.grand_total or sup.row_totals[0] or sup.row_totals[1])
+        tot_n, tot_r = int(n_arr[i].sum()), int(r_arr[i].sum())
+        extra: dict[str, Any] = {}
         if overall:
+            tn_sup = bool(sup.group_n_totals.get(g, False))
+            tr_sup = bool(sup.group_positive_totals.get(g, False))
             rows.append(
                 {
                     "cluster": "overall",
                     "treatment": g,
-                    "n": format_count(tot_n, bool(sup.grand_total), min_cell),
-                    "responders": format_count(tot_r, bool(sup.row_totals[0]), min_cell),
-                    "response rate (95% CI)": _rate_text(tot_r, tot_n, t_show and tot_n > 0),
+                    "n": format_count(tot_n, tn_sup, min_cell),
+                    "responders": format_count(tot_r, tr_sup, min_cell),
+                    "response rate (95% CI)": _rate_text(
+                        tot_r, tot_n, not (tn_sup or tr_sup) and tot_n > 0
+                    ),
                 }
             )
-        tested_cols = [shown.index(k) for k in layout.tested]
-        table = np.vstack([r, n - r])[:, tested_cols]
+            extra = {
+                "n": None if tn_sup else tot_n,
+                "n_suppressed": tn_sup,
+                "responders": None if tr_sup else tot_r,
+                "responders_suppressed": tr_sup,
+            }
+        table = np.vstack([r_arr[i], n_arr[i] - r_arr[i]])[:, tested_cols]
         test, stat, p = _two_by_k_test(table)
         treat_raw.append(
             {
                 "treatment": g,
-                **(
-                    {
-                        "n": None if sup.grand_total else tot_n,
-                        "n_suppressed": bool(sup.grand_total),
-                        "responders": None if sup.row_totals[0] else tot_r,
-                        "responders_suppressed": bool(sup.row_totals[0]),
-                    }
-                    if overall
-                    else {}
-                ),
+                **extra,
                 "test": test,
                 "statistic": stat if test else None,
                 "p": p if test else None,
                 "q": None,
-                "_coarsen": bool(sup.cells[:, tested_cols].any()),
+                "_coarsen": bool(any_sup[i, tested_cols].any()),
             }
         )
-        any_tested_sup |= bool(sup.cells[:, tested_cols].any())
     for k in layout.suppressed:
         rows.append(
             {
@@ -394,15 +464,17 @@ def response_by_cluster(
                 "response rate (95% CI)": SUPPRESSED_CLUSTER,
             }
         )
-    q = bh_qvalues([t["p"] if t["p"] is not None else np.nan for t in treat_raw])
-    for t, qq in zip(treat_raw, q, strict=True):
+    pv = [t["p"] if t["p"] is not None else np.nan for t in treat_raw]
+    q = bh_qvalues(pv)
+    q_leak = coarsen_flags_for_q(pv, [t["_coarsen"] for t in treat_raw])
+    for t, qq, ql in zip(treat_raw, q, q_leak, strict=True):
         t["q"] = float(qq) if np.isfinite(qq) else None
-        publish_test(t, t.pop("_coarsen"))
+        publish_test(t, t.pop("_coarsen"), coarsen_q=bool(ql))
     tests = pl.DataFrame(
         [
             {
                 "treatment": t["treatment"],
-                "test": {"chi2": "chi-square", "fisher": "Fisher", None: "not testable"}[t["test"]],
+                "test": _TEST_NAMES[t["test"]],
                 "p": display_p(t, "p"),
                 "q": display_p(t, "q"),
             }
@@ -412,34 +484,90 @@ def response_by_cluster(
         orient="row",
     )
 
+    # Per cluster: does response differ between treatments?
+    by_cluster: list[dict[str, Any]] = []
+    for j in tested_cols:
+        k = shown[j]
+        present = n_arr[:, j] > 0
+        table = np.vstack([r_arr[present, j], n_arr[present, j] - r_arr[present, j]])
+        test, stat, p = _two_by_k_test(table)
+        by_cluster.append(
+            {
+                "cluster": k,
+                "name": cluster_name(k),
+                "treatments": [g for g, pr in zip(treatments, present, strict=True) if pr],
+                "test": test,
+                "statistic": stat if test else None,
+                "p": p if test else None,
+                "q": None,
+                "_coarsen": bool(any_sup[present, j].any()),
+            }
+        )
+    pv = [b["p"] if b["p"] is not None else np.nan for b in by_cluster]
+    q = bh_qvalues(pv)
+    q_leak = coarsen_flags_for_q(pv, [b["_coarsen"] for b in by_cluster])
+    for b, qq, ql in zip(by_cluster, q, q_leak, strict=True):
+        b["q"] = float(qq) if np.isfinite(qq) else None
+        publish_test(b, b.pop("_coarsen"), coarsen_q=bool(ql))
+    cluster_tests = pl.DataFrame(
+        [
+            {
+                "cluster": b["name"],
+                "test": _TEST_NAMES[b["test"]],
+                "p": display_p(b, "p"),
+                "q": display_p(b, "q"),
+            }
+            for b in by_cluster
+        ],
+        schema={c: pl.String for c in ["cluster", "test", "p", "q"]},
+        orient="row",
+    )
+
     tm = np.isin(cl, layout.tested)
     inter = interaction_lr_test(y[tm], cl[tm], trt[tm])
     inter["q"] = None
-    publish_test(inter, any_tested_sup)
-    inter.pop("q")
-    inter.pop("q_bound", None)
-    if any(t["p_coarsened"] for t in treat_raw) or inter["p_coarsened"]:
+    publish_test(inter, bool(any_sup[:, tested_cols].any()))
+    for key in ("q", "q_bound", "q_coarsened"):
+        inter.pop(key, None)
+    if (
+        any(t["p_coarsened"] or t["q_coarsened"] for t in treat_raw + by_cluster)
+        or inter["p_coarsened"]
+    ):
         notes.append(
             "p/q-values are shown only as categories (<0.001, <0.01, <0.05, ≥0.05) for tests "
-            "whose table has withheld counts."
+            "whose table has withheld counts (and q-values that would reveal such a test's "
+            "p-value)."
         )
-    if inter.get("separation"):
-        inter["fallback"] = "per-treatment tests across clusters with BH FDR (see tests)"
-        notes.append(
-            "Interaction test not computed: perfect or quasi-complete separation (a cluster x "
-            "treatment cell with 0% or 100% response). Falling back to per-treatment tests of "
-            "response across clusters (chi-square / Fisher) with Benjamini–Hochberg q-values."
-        )
-    elif inter.get("p") is not None or inter.get("p_coarsened"):
+    if inter.get("p") is not None or inter.get("p_coarsened"):
+        inter["fallback"] = None
         notes.append(
             f"Cluster x treatment interaction (LR test, df={inter['df']}): "
-            f"chi2={format_number(inter['statistic'])}, p={display_p(inter)}."
+            + (
+                f"chi2={format_number(inter['statistic'])}, "
+                if inter.get("statistic") is not None
+                else ""
+            )
+            + f"p={display_p(inter)}."
+            + (
+                " Some cluster x treatment cells have 0% or 100% response; the test is approximate."
+                if inter.get("sparse_cells")
+                else ""
+            )
         )
-    elif inter.get("note"):
-        notes.append(f"Interaction test not computed: {inter['note']}.")
+    else:
+        inter["fallback"] = "per-cluster treatment tests with BH FDR (cluster_tests)"
+        notes.append(
+            f"Cluster x treatment interaction test not computed ({inter.get('note')}); see the "
+            "per-cluster treatment tests (chi-square / Fisher, Benjamini–Hochberg q-values)."
+        )
+    n_excl = int(sum(excl))
+    x_sup = bool(sup.excluded_totals[0]) if shown else False
     if n_excl:
-        shown_n = format_count(n_excl, 0 < n_excl < min_cell, min_cell, standalone=True)
-        notes.append(f"{shown_n} patient(s) excluded for missing treatment or response.")
+        what = f"An undisclosed number ({WITHHELD_MARK}) of" if x_sup else str(n_excl)
+        notes.append(
+            f"{what} patient(s) of the displayed clusters excluded for missing treatment or "
+            "response."
+        )
     display = pl.DataFrame(
         rows,
         schema={
@@ -454,13 +582,12 @@ def response_by_cluster(
         cells=cells,
         treatments=treat_raw,
         interaction=inter,
-        excluded={
-            "n_excluded": None if 0 < n_excl < min_cell else n_excl,
-            "n_excluded_suppressed": 0 < n_excl < min_cell,
-        },
+        excluded={"n_excluded": None if x_sup else n_excl, "n_excluded_suppressed": x_sup},
         layout=layout.to_dict(),
         notes=notes,
         min_cell=min_cell,
+        cluster_tests=cluster_tests,
+        by_cluster=by_cluster,
     )
 
 
@@ -508,12 +635,15 @@ def outcome_table_by_cluster(
 ) -> OutcomeTable:
     """Kruskal–Wallis test per numeric outcome across clusters, BH q, cluster medians, top N.
 
-    Only patients present in both tables are used. Medians are withheld for cells with fewer
-    than ``min_cell`` non-missing values.
+    Only patients present in both tables are used; which clusters are displayed, tested or
+    suppressed follows the whole clustering in ``labels``. The test uses the assigned clusters
+    with >= ``min_cell`` patients; medians are withheld for cells with fewer than ``min_cell``
+    non-missing values.
     """
     min_cell = check_min_cell(min_cell)
     joined = join_labels(outcome, labels, id_col=id_col, how="inner")
-    layout = ClusterLayout.from_labels(joined["cluster"].to_list(), min_cell)
+    # Cluster sizes (and so which clusters are suppressed) come from the whole clustering.
+    layout = ClusterLayout.from_labels(labels["cluster"].cast(pl.Int64).to_list(), min_cell)
     feats = [c for c in outcome.columns if c not in (id_col, "cluster")]
     skipped = [c for c in feats if not joined[c].dtype.is_numeric()]
     feats = [c for c in feats if c not in skipped]

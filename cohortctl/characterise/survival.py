@@ -36,14 +36,16 @@ from lifelines.utils import median_survival_times
 from cohortctl.characterise.multiple_testing import bh_qvalues, format_p
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
+    SUPPRESSED_CLUSTER,
     UNASSIGNED,
+    WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
     check_min_cell,
     cluster_name,
     format_count,
     format_number,
-    suppress_with_margins,
+    suppress_nested,
     to_jsonable,
 )
 
@@ -220,9 +222,15 @@ def _prepare(
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise CharacteriseInputError(f"survival table lacks column(s) {missing}")
-    if not df[time_col].dtype.is_numeric():
+    t_col = df[time_col]
+    if t_col.dtype == pl.String:
+        parsed = t_col.str.strip_chars().replace("", None).cast(pl.Float64, strict=False)
+        if (parsed.is_null() & t_col.str.strip_chars().replace("", None).is_not_null()).any():
+            raise CharacteriseInputError(f"time column {time_col!r} has non-numeric values")
+        t_col = parsed
+    elif not t_col.dtype.is_numeric():
         raise CharacteriseInputError(f"time column {time_col!r} must be numeric")
-    t = df[time_col].cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
+    t = t_col.cast(pl.Float64).fill_nan(None).to_numpy().astype(float)
     e = _event_values(df[event_col])
     ok = np.isfinite(t) & np.isfinite(e)
     if np.any(t[ok] < 0):
@@ -240,9 +248,15 @@ def _prepare(
     return data.filter(pl.Series(ok)), int((~ok).sum())
 
 
-def _excluded(n: int, min_cell: int) -> dict[str, Any]:
-    sup = 0 < n < min_cell
-    return {"n_excluded": None if sup else n, "n_excluded_suppressed": sup}
+def _excluded(n: int, suppressed: bool) -> dict[str, Any]:
+    return {"n_excluded": None if suppressed else n, "n_excluded_suppressed": suppressed}
+
+
+def _excluded_text(n: int | None, suppressed: bool) -> str:
+    """Note text for a number of excluded patients (no bound is given when withheld)."""
+    if suppressed:
+        return f"An undisclosed number ({WITHHELD_MARK}) of"
+    return str(n)
 
 
 @dataclass
@@ -358,14 +372,20 @@ def survival_by_cluster(
     *,
     time_col: str = "time",
     event_col: str = "event",
+    protect_missing: bool = True,
 ) -> SurvivalByCluster:
     """KM curves, log-rank test, Cox hazard ratios and median survival per cluster.
 
-    ``df`` has columns ``patient_id``, ``cluster`` (-1 = unassigned), time and event (0/1,
-    bool). Patients with missing time or event are excluded and counted.
+    ``df`` has one row per clustered patient (every patient of the clustering, so that cluster
+    sizes match the rest of the report) with columns ``cluster`` (-1 = unassigned), time and
+    event (0/1, bool or labels such as ``"1:DECEASED"``). Patients with missing time or event
+    are excluded and counted (among displayed clusters). Cluster sizes are public, so with
+    ``protect_missing`` (default) a small number of excluded patients in a cluster withholds
+    what would reveal it: that cluster's analysed ``n`` and hence its curve and median.
+    ``protect_missing=False`` treats numbers of patients lacking survival data as disclosable.
     """
     min_cell = check_min_cell(min_cell)
-    data, n_excl = _prepare(df, time_col, event_col)
+    data, _ = _prepare(df, time_col, event_col)
     layout = ClusterLayout.from_labels(df["cluster"].cast(pl.Int64).to_list(), min_cell)
     notes: list[str] = []
     if layout.suppressed:
@@ -379,16 +399,26 @@ def survival_by_cluster(
     e_all = data["event"].to_numpy().astype(bool)
     ev = np.array([int(e_all[cl == k].sum()) for k in shown], dtype=np.int64)
     na = np.array([int((cl == k).sum()) for k in shown], dtype=np.int64)
-    counts = np.vstack([ev, na - ev]) if shown else np.zeros((2, 0), np.int64)
-    # Per-cluster n and events are displayed; overall totals are not.
-    sup = suppress_with_margins(counts, min_cell, row_totals="hidden")
+    excl = [layout.sizes[k] - int(na[j]) for j, k in enumerate(shown)]
+    sup = suppress_nested(
+        [layout.sizes[k] for k in shown],
+        [{"all": (int(na[j]), int(ev[j]))} if na[j] else {} for j in range(len(shown))],
+        [[x] for x in excl],
+        min_cell,
+        protect_excluded=protect_missing,
+    )
 
     curves: list[KMCurve] = []
     clusters_raw: list[dict[str, Any]] = []
+    n_sup_l: list[bool] = []
+    e_sup_l: list[bool] = []
     for j, k in enumerate(shown):
         m = cl == k
-        n_sup = bool(sup.col_totals[j])
-        if n_sup:
+        n_sup = bool(sup.n[j].get("all", False))
+        e_sup = bool(sup.positive[j].get("all", False))
+        n_sup_l.append(n_sup)
+        e_sup_l.append(e_sup)
+        if n_sup or na[j] == 0:
             c = KMCurve(group=cluster_name(k), cluster=k, treatment=None, withheld=True)
         else:
             c = km_curve(t_all[m], e_all[m], min_cell, group=cluster_name(k), cluster=k)
@@ -400,10 +430,10 @@ def survival_by_cluster(
                 "tested": k in layout.tested,
                 "n": None if n_sup else int(na[j]),
                 "n_suppressed": n_sup,
-                "events": None if sup.cells[0, j] else int(ev[j]),
-                "events_suppressed": bool(sup.cells[0, j]),
-                "censored": None if sup.cells[1, j] else int(na[j] - ev[j]),
-                "censored_suppressed": bool(sup.cells[1, j]),
+                "events": None if e_sup else int(ev[j]),
+                "events_suppressed": e_sup,
+                "censored": None if (n_sup or e_sup) else int(na[j] - ev[j]),
+                "censored_suppressed": n_sup or e_sup,
                 "median": c.median,
                 "median_ci_lower": c.median_ci_lower,
                 "median_ci_upper": c.median_ci_upper,
@@ -463,8 +493,8 @@ def survival_by_cluster(
         rows.append(
             {
                 "cluster": cluster_name(k),
-                "n": format_count(int(na[j]), bool(sup.col_totals[j]), min_cell),
-                "events": format_count(int(ev[j]), bool(sup.cells[0, j]), min_cell),
+                "n": format_count(int(na[j]), n_sup_l[j], min_cell),
+                "events": format_count(int(ev[j]), e_sup_l[j], min_cell),
                 "median (95% CI)": _median_text(c),
                 "HR (95% CI)": hr_txt,
                 "HR p": p_txt,
@@ -475,9 +505,9 @@ def survival_by_cluster(
             {
                 "cluster": cluster_name(k),
                 "n": f"<{min_cell}",
-                "events": "suppressed",
-                "median (95% CI)": "suppressed",
-                "HR (95% CI)": "suppressed",
+                "events": SUPPRESSED_CLUSTER,
+                "median (95% CI)": SUPPRESSED_CLUSTER,
+                "HR (95% CI)": SUPPRESSED_CLUSTER,
                 "HR p": "",
             }
         )
@@ -491,12 +521,20 @@ def survival_by_cluster(
     )
     curve_rows = [r for c in curves for r in c.rows()]
     curves_df = pl.DataFrame(curve_rows, schema=_CURVE_SCHEMA, orient="row")
-    excluded = _excluded(n_excl, min_cell)
+    n_excl = int(sum(excl))
+    excluded = _excluded(n_excl, bool(sup.excluded_totals[0]) if shown else False)
     if n_excl:
-        shown_n = format_count(
-            n_excl, bool(excluded["n_excluded_suppressed"]), min_cell, standalone=True
+        notes.append(
+            f"{_excluded_text(n_excl, excluded['n_excluded_suppressed'])} patient(s) of the "
+            "displayed clusters excluded "
+            "for missing time or event."
         )
-        notes.append(f"{shown_n} patient(s) excluded for missing time or event.")
+    if any(n_sup_l):
+        notes.append(
+            "The analysed number of patients (and so the curve) is withheld for "
+            + ", ".join(cluster_name(k) for k, ns in zip(shown, n_sup_l, strict=True) if ns)
+            + " (it would reveal a small count)."
+        )
     return SurvivalByCluster(
         summary=summary,
         curves=curves_df,
@@ -547,17 +585,21 @@ def survival_by_treatment_within_cluster(
     time_col: str = "time",
     event_col: str = "event",
     treatment_col: str = "treatment",
+    protect_missing: bool = True,
 ) -> SurvivalByTreatment:
     """KM curves by treatment within each displayed cluster, with a log-rank test per cluster.
 
+    ``df`` is as for :func:`survival_by_cluster` plus a treatment column. Patients with
+    missing time/event, or missing treatment, are excluded and counted (separately);
+    ``protect_missing`` as for :func:`survival_by_cluster`.
     Treatment groups below ``min_cell`` analysed patients (or whose size is withheld to protect
-    another group) get no curve and are left out of that cluster's log-rank test. Log-rank
+    another count) get no curve and are left out of that cluster's log-rank test. Log-rank
     p-values of the tested clusters are BH-adjusted across clusters.
     """
     min_cell = check_min_cell(min_cell)
-    data, n_excl = _prepare(df, time_col, event_col, (treatment_col,))
-    n_no_trt = int(data[treatment_col].null_count())
-    data = data.filter(pl.col(treatment_col).is_not_null())
+    if treatment_col not in df.columns:
+        raise CharacteriseInputError(f"survival table lacks column {treatment_col!r}")
+    data, _ = _prepare(df, time_col, event_col, (treatment_col,))
     data = data.with_columns(pl.col(treatment_col).cast(pl.String))
     layout = ClusterLayout.from_labels(df["cluster"].cast(pl.Int64).to_list(), min_cell)
     notes: list[str] = []
@@ -566,43 +608,65 @@ def survival_by_treatment_within_cluster(
             f"Clusters with fewer than {min_cell} patients are suppressed "
             f"({', '.join(layout.suppressed_names)})."
         )
+    no_trt = data[treatment_col].is_null().to_numpy()
+    cl_with_surv = data["cluster"].to_numpy()
+    data = data.filter(pl.col(treatment_col).is_not_null())
     cl = data["cluster"].to_numpy()
     trt = np.array(data[treatment_col].to_list(), dtype=object)
     t_all = data["time"].to_numpy()
     e_all = data["event"].to_numpy().astype(bool)
     treatments = sorted(set(trt.tolist()))
+    shown = layout.shown
+
+    ev_by: list[dict[str, int]] = []
+    n_by: list[dict[str, int]] = []
+    excl_by: list[list[int]] = []
+    for k in shown:
+        m = cl == k
+        n_k = {g: int((m & (trt == g)).sum()) for g in treatments}
+        n_by.append({g: v for g, v in n_k.items() if v > 0})
+        ev_by.append({g: int(e_all[m & (trt == g)].sum()) for g in n_by[-1]})
+        n_surv = int((cl_with_surv == k).sum())
+        n_nt = int((no_trt & (cl_with_surv == k)).sum())
+        excl_by.append([layout.sizes[k] - n_surv, n_nt])
+    sup = suppress_nested(
+        [layout.sizes[k] for k in shown],
+        [{g: (n_by[j][g], ev_by[j][g]) for g in n_by[j]} for j in range(len(shown))],
+        excl_by,
+        min_cell,
+        protect_excluded=protect_missing,
+    )
+
     curves: list[KMCurve] = []
     clusters_raw: list[dict[str, Any]] = []
     rows: list[dict[str, str]] = []
     pvals: list[float] = []
     p_index: list[int] = []
-    for k in layout.shown:
+    for j, k in enumerate(shown):
         m = cl == k
-        ev = np.array([int(e_all[m & (trt == g)].sum()) for g in treatments], dtype=np.int64)
-        nn = np.array([int((m & (trt == g)).sum()) for g in treatments], dtype=np.int64)
-        keep = nn > 0
-        tr_k = [g for g, kp in zip(treatments, keep, strict=True) if kp]
-        ev, nn = ev[keep], nn[keep]
-        sup = suppress_with_margins(np.vstack([ev, nn - ev]), min_cell, row_totals="hidden")
+        tr_k = list(n_by[j])
         groups = []
         usable = []
-        for j, g in enumerate(tr_k):
-            n_sup = bool(sup.col_totals[j])
+        first_row = len(rows)
+        for g in tr_k:
+            n_sup = bool(sup.n[j][g])
+            e_sup = bool(sup.positive[j][g])
             name = f"{cluster_name(k)} / {g}"
             if n_sup:
                 c = KMCurve(group=name, cluster=k, treatment=g, withheld=True)
             else:
                 gm = m & (trt == g)
                 c = km_curve(t_all[gm], e_all[gm], min_cell, group=name, cluster=k, treatment=g)
-                usable.append(g)
+                if not c.withheld:
+                    usable.append(g)
             curves.append(c)
             groups.append(
                 {
                     "treatment": g,
-                    "n": None if n_sup else int(nn[j]),
+                    "n": None if n_sup else n_by[j][g],
                     "n_suppressed": n_sup,
-                    "events": None if sup.cells[0, j] else int(ev[j]),
-                    "events_suppressed": bool(sup.cells[0, j]),
+                    "events": None if e_sup else ev_by[j][g],
+                    "events_suppressed": e_sup,
                     "median": c.median,
                     "median_ci_lower": c.median_ci_lower,
                     "median_ci_upper": c.median_ci_upper,
@@ -615,8 +679,8 @@ def survival_by_treatment_within_cluster(
                 {
                     "cluster": cluster_name(k),
                     "treatment": g,
-                    "n": format_count(int(nn[j]), n_sup, min_cell),
-                    "events": format_count(int(ev[j]), bool(sup.cells[0, j]), min_cell),
+                    "n": format_count(n_by[j][g], n_sup, min_cell),
+                    "events": format_count(ev_by[j][g], e_sup, min_cell),
                     "median (95% CI)": _median_text(c),
                     "log-rank p": "",
                     "q": "",
@@ -629,7 +693,6 @@ def survival_by_treatment_within_cluster(
             "q": None,
             "treatments": usable,
         }
-        first_row = len(rows) - len(tr_k)
         if k != UNASSIGNED and k in layout.tested and len(usable) >= 2:
             um = m & np.isin(trt, usable)
             if e_all[um].sum() > 0:
@@ -662,10 +725,10 @@ def survival_by_treatment_within_cluster(
         rows.append(
             {
                 "cluster": cluster_name(k),
-                "treatment": "suppressed",
+                "treatment": SUPPRESSED_CLUSTER,
                 "n": f"<{min_cell}",
-                "events": "suppressed",
-                "median (95% CI)": "suppressed",
+                "events": SUPPRESSED_CLUSTER,
+                "median (95% CI)": SUPPRESSED_CLUSTER,
                 "log-rank p": "",
                 "q": "",
             }
@@ -680,17 +743,28 @@ def survival_by_treatment_within_cluster(
     )
     notes.append(
         f"Treatment groups with fewer than {min_cell} patients (or withheld to protect another "
-        "group) have no curve and are left out of the log-rank test; unassigned patients are "
-        "not tested."
+        "count) have no curve and are left out of the log-rank test; unassigned patients are "
+        "not tested. Log-rank q-values: Benjamini–Hochberg across clusters."
     )
     notes.append(
         f"Curves are truncated where fewer than {min_cell} patients remain at risk and "
         f"coarsened so that each step contains at least {min_cell} events."
     )
-    excluded = _excluded(n_excl, min_cell)
-    excl_trt = _excluded(n_no_trt, min_cell)
+    n_excl = int(sum(e[0] for e in excl_by))
+    n_no_trt = int(sum(e[1] for e in excl_by))
+    excluded = _excluded(n_excl, bool(sup.excluded_totals[0]) if shown else False)
+    excl_trt = _excluded(n_no_trt, bool(sup.excluded_totals[1]) if shown else False)
     excluded["n_missing_treatment"] = excl_trt["n_excluded"]
     excluded["n_missing_treatment_suppressed"] = excl_trt["n_excluded_suppressed"]
+    for n_x, x_sup, why in (
+        (n_excl, excluded["n_excluded_suppressed"], "missing time or event"),
+        (n_no_trt, excl_trt["n_excluded_suppressed"], "missing treatment"),
+    ):
+        if n_x:
+            notes.append(
+                f"{_excluded_text(n_x, x_sup)} patient(s) of the displayed clusters excluded "
+                f"for {why}."
+            )
     curve_rows = [r for c in curves for r in c.rows()]
     return SurvivalByTreatment(
         summary=summary,

@@ -2,10 +2,12 @@
 
 Per clinical column and displayed cluster:
 
-* numeric -> median [IQR] of the non-missing values (withheld when the non-missing count is
-  withheld or below ``min_cell``), Kruskal–Wallis test across clusters;
+* numeric -> median [IQR] of the non-missing values (withheld when there are fewer than
+  ``min_cell``; quantiles of >= ``min_cell`` values do not reveal a withheld count), and the
+  number missing; Kruskal–Wallis test across clusters;
 * categorical / boolean (and integer 0/1) -> ``n (%)`` per level, chi-square test of the
   level x cluster table (Fisher's exact test for a 2 x 2 table with an expected count < 5).
+  Only levels present in displayed clusters are listed.
   Percentages use the cluster size (missing included) as denominator, so the level and
   "missing" percentages of a cluster add to 100.
 
@@ -26,7 +28,12 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from cohortctl.characterise.multiple_testing import bh_qvalues, display_p, publish_test
+from cohortctl.characterise.multiple_testing import (
+    bh_qvalues,
+    coarsen_flags_for_q,
+    display_p,
+    publish_test,
+)
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
     SUPPRESSED_CLUSTER,
@@ -199,6 +206,7 @@ def table_one(
     sizes_shown = np.array([layout.sizes[k] for k in shown], dtype=np.int64)
     cl = joined["cluster"].to_numpy()
     shown_idx = {k: np.flatnonzero(cl == k) for k in shown}
+    on_shown = np.isin(cl, shown)
     notes: list[str] = []
     if layout.suppressed:
         notes.append(
@@ -337,7 +345,9 @@ def table_one(
                 )
         else:
             text = s.cast(pl.String) if s.dtype != pl.Boolean else s
-            levels = _levels(s)
+            # Levels present in displayed clusters only: a level row of zeros would reveal
+            # that a suppressed cluster has it.
+            levels = _levels(s.filter(pl.Series(on_shown)))
             if not levels:
                 skipped.append({"column": name, "reason": "no non-missing values"})
                 continue
@@ -412,12 +422,14 @@ def table_one(
         variables.append(var)
         first_rows.append(first)
 
-    q = bh_qvalues([v["p"] if v["p"] is not None else np.nan for v in variables])
+    pv = [v["p"] if v["p"] is not None else np.nan for v in variables]
+    q = bh_qvalues(pv)
+    q_leak = coarsen_flags_for_q(pv, [v["_coarsen"] for v in variables])
     coarsened = []
-    for v, qq, r in zip(variables, q, first_rows, strict=True):
+    for v, qq, r, ql in zip(variables, q, first_rows, q_leak, strict=True):
         v["q"] = float(qq) if np.isfinite(qq) else None
-        publish_test(v, v.pop("_coarsen"))
-        if v["p_coarsened"]:
+        publish_test(v, v.pop("_coarsen"), coarsen_q=bool(ql))
+        if v["p_coarsened"] or v["q_coarsened"]:
             coarsened.append(v["variable"])
         if v["test"] is None:
             r["test"] = "not testable"
@@ -430,7 +442,8 @@ def table_one(
     if coarsened:
         notes.append(
             "p/q-values are shown only as categories (<0.001, <0.01, <0.05, ≥0.05) for tests "
-            "whose table has withheld counts: " + ", ".join(coarsened) + "."
+            "whose table has withheld counts (and q-values that would reveal such a test's "
+            "p-value): " + ", ".join(coarsened) + "."
         )
     if skipped:
         notes.append(

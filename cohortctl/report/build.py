@@ -461,14 +461,24 @@ def _response_section(rep: Report, store: Store, clinical: pl.DataFrame, labels:
             df = df.with_columns(pl.lit("all").alias("treatment"))
         res = ch.response_by_cluster(df, min_cell)
         inter = res.interaction
-        if inter.get("p") is not None:
-            verdict = "differs" if inter["p"] < 0.05 else "shows no significant difference"
-            _add_text(sec, f"Cluster × treatment interaction: LR χ² = {inter['statistic']:.2f}, "
-                           f"df = {inter['df']}, {_p_text(inter['p'])} — the treatment "
+        p_int = inter.get("p")
+        if p_int is None and inter.get("p_coarsened") and inter.get("p_bound") is not None:
+            p_text = f"p < {inter['p_bound']:g}"  # exact p withheld to protect a small cell
+            significant = inter["p_bound"] <= 0.05
+        elif p_int is not None:
+            p_text, significant = _p_text(p_int), p_int < 0.05
+        else:
+            p_text, significant = "", None
+        if significant is not None:
+            verdict = "differs" if significant else "shows no significant difference"
+            stat = inter.get("statistic")
+            stat_text = f"LR χ² = {stat:.2f}, " if stat is not None else ""
+            _add_text(sec, f"Cluster × treatment interaction: {stat_text}"
+                           f"df = {inter.get('df')}, {p_text} — the treatment "
                            f"effect {verdict} between clusters (α = 0.05).")
         elif inter:
             _add_text(sec, "Cluster × treatment interaction not testable: "
-                           + str(inter.get("reason") or inter.get("note") or "too few patients"))
+                           + str(inter.get("note") or inter.get("reason") or "too few patients"))
         _add_figure(rep, sec, "response", "Response rate by cluster and treatment",
                     _response_figure(res.cells))
         _add_table(rep, sec, "response", "Response per cluster and treatment", res.table)
