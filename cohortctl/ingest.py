@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohortctl import __version__
-from cohortctl.errors import InputDataError, InputMissingError, UsageError
+from cohortctl.errors import InputDataError, InputMissingError, OutputError, UsageError
 from cohortctl.io import readers
 from cohortctl.io.readers import TableSpec
 from cohortctl.store import (
@@ -46,6 +46,11 @@ ROLE_NAMES: dict[str, tuple[str, ...]] = {
     "response": ("response", "responder", "best_response", "response_status"),
 }
 ROLES = tuple(ROLE_NAMES)
+
+#: Fewest patients a genetic/molecular table may have (a modality needs 3 to be scaled
+#: and reduced), and fewest patients with any such data (``cohortctl cluster`` needs 6).
+MIN_TABLE_PATIENTS = 3
+MIN_COHORT_PATIENTS = 6
 
 _EVENT_TRUE = {"1", "true", "t", "yes", "dead", "deceased", "1.0"}
 _EVENT_FALSE = {"0", "false", "f", "no", "alive", "living", "0.0"}
@@ -86,6 +91,11 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
     """Read, validate and store every table; returns the manifest."""
     if not opts.genetic and not opts.molecular:
         raise UsageError("at least one --genetic or --molecular table is required")
+    if opts.clinical is None:
+        flags = [f"--{r}" for r in ROLES if opts.roles.get(r)]
+        flags += ["--reference"] if opts.reference else []
+        if flags:
+            raise UsageError(f"{', '.join(flags)} name clinical columns but no --clinical is given")
     _check_distinct_names(opts)
     tables: list[_Table] = []
     clinical_roles: dict[str, Any] = {}
@@ -101,6 +111,7 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
     if opts.pseudonym_key is not None:
         _pseudonymise(tables, opts.pseudonym_key)
     overlap = _overlap(tables)
+    _check_cohort_size(tables)
     with atomic_directory(opts.out, force=opts.force) as tmp:
         entries = [_write_table(t, tmp, opts.pseudonym_key) for t in tables]
         manifest = {
@@ -133,14 +144,14 @@ def _check_distinct_names(opts: IngestOptions) -> None:
 def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
     path = opts.clinical
     assert path is not None
-    df = readers.read_table(path, _text_fmt(opts.fmt))
-    id_col = readers.find_id_column(df, path, opts.id_column)
+    df, id_col = readers.read_id_table(path, _text_fmt(opts.fmt), opts.id_column)
     ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
     readers.check_unique_ids(ids, path, id_col)
+    _check_no_second_id(df, path, id_col)
     df = df.drop(id_col).insert_column(0, ids)
     df, dropped = _drop_empty_columns(df, path)
     roles = _resolve_roles(df, path, opts, dropped)
-    df = _canonical_roles(df, path, roles)
+    df, nonfinite_times = _canonical_roles(df, path, roles)
     for ref in opts.reference:
         if ref not in df.columns:
             raise InputDataError(f"{path}: reference column {ref!r} not found (--reference)")
@@ -156,6 +167,7 @@ def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
         **{r: roles.get(r) for r in ROLES},
         "reference": list(opts.reference),
         "survival_missing": survival_missing,
+        "survival_time_nonfinite_as_missing": nonfinite_times,
     }
     return _Table("clinical", "clinical", path, df, info), role_info
 
@@ -196,27 +208,40 @@ def _resolve_roles(df: pl.DataFrame, path: Path, opts: IngestOptions, dropped: l
     return roles
 
 
-def _canonical_roles(df: pl.DataFrame, path: Path, roles: dict[str, str | None]) -> pl.DataFrame:
+def _canonical_roles(df: pl.DataFrame, path: Path, roles: dict[str, str | None]
+                     ) -> tuple[pl.DataFrame, int]:
+    """Survival time -> Float64 (>= 0), event -> Int8 0/1; returns the frame and the number
+    of non-finite times read as missing.
+
+    ``-Inf``/``Inf``/``NaN`` survival times are read as missing with a warning: R writes
+    ``-Inf`` for ``max()`` over no follow-up (e.g. the maftools TCGA-LAML annotation).
+    Finite negative times are refused.
+    """
     time_col, event_col = roles.get("time"), roles.get("event")
+    nonfinite_count = 0
     if time_col:
         col = df[time_col]
         if not col.dtype.is_numeric():
             bad = col.cast(pl.Float64, strict=False).is_null() & col.is_not_null()
-            row = int(bad.arg_true()[0])
+            row = int(bad.arg_true()[0]) if bad.any() else 0
             raise InputDataError(
                 f"{path}: survival time {col[row]!r} in column {time_col!r}, row {row + 1}, "
                 "is not a number"
             )
         col = col.cast(pl.Float64)
+        nonfinite = (col.is_infinite() | col.is_nan()).fill_null(False)
+        nonfinite_count = int(nonfinite.sum())
+        if nonfinite_count:
+            row = int(nonfinite.arg_true()[0])
+            log.warning("%s: %d non-finite survival time(s) in column %r (first: row %d, %s) "
+                        "read as missing", path, nonfinite_count, time_col, row + 1, col[row])
+            col = col.set(nonfinite, None)  # type: ignore[arg-type]
         neg = (col < 0).fill_null(False)
         if neg.any():
             row = int(neg.arg_true()[0])
             raise InputDataError(
                 f"{path}: negative survival time {col[row]} in column {time_col!r}, row {row + 1}"
             )
-        if col.is_infinite().any():
-            row = int(col.is_infinite().arg_true()[0])
-            raise InputDataError(f"{path}: infinite survival time in column {time_col!r}, row {row + 1}")
         df = df.with_columns(col.alias(time_col))
     if event_col:
         col = df[event_col]
@@ -234,7 +259,7 @@ def _canonical_roles(df: pl.DataFrame, path: Path, roles: dict[str, str | None])
             .otherwise(None)
         )
         df = df.with_columns(pl.select(canon.cast(pl.Int8)).to_series().alias(event_col))
-    return df
+    return df, nonfinite_count
 
 
 # -- genetic ---------------------------------------------------------------------------
@@ -272,6 +297,11 @@ def _read_genetic(spec: TableSpec, opts: IngestOptions, tables: list[_Table]) ->
         if opts.maf_covers_clinical and clin is not None and clin.frame is not None:
             covered = pl.concat([covered, clin.frame["patient_id"]]).unique()
             rule += " + every clinical patient (--maf-covers-clinical)"
+        if calls.height == 0:
+            kept = ", ".join(meta["summary"]["classes_kept"])
+            raise InputDataError(
+                f"{path}: no mutation of the kept variant classes ({kept}); see --maf-classes"
+            )
         matrix = readers.maf_to_matrix(calls, covered)
         info = {"source_format": "maf", "maf": meta["summary"], "coverage_rule": rule,
                 "binary": True}
@@ -279,10 +309,12 @@ def _read_genetic(spec: TableSpec, opts: IngestOptions, tables: list[_Table]) ->
     df = _read_wide_or_long(spec, opts)
     values = df.drop("patient_id")
     binary = all(
-        set(values[c].drop_nulls().unique().to_list()) <= {0, 1, 0.0, 1.0, True, False}
+        set(values[c].drop_nulls().unique().to_list()) <= {0.0, 1.0}  # bools/ints are 0/1
         for c in values.columns
     )
     df, dropped = _drop_empty_columns(df, path)
+    if df.width < 2:
+        raise InputDataError(f"{path}: no gene columns besides the patient ID")
     info = {"source_format": readers.detect_format(path, _text_fmt(opts.fmt)), "binary": binary,
             "columns_dropped_all_missing": dropped}
     return _Table(spec.name, "genetic", path, df, info)
@@ -309,20 +341,23 @@ def _read_molecular(spec: TableSpec, opts: IngestOptions) -> _Table:
 
 def _read_wide_or_long(spec: TableSpec, opts: IngestOptions) -> pl.DataFrame:
     path = spec.path
-    df = readers.read_table(path, _text_fmt(opts.fmt))
-    id_col = readers.find_id_column(df, path, opts.id_column)
+    df, id_col = readers.read_id_table(path, _text_fmt(opts.fmt), opts.id_column)
+    _check_no_second_id(df, path, id_col)
     long = opts.layout == "long" or (opts.layout == "auto" and readers.is_long_layout(df, id_col))
     if long:
         df = df.with_columns(
             readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes).alias(id_col)
         )
         df = readers.pivot_long(df, path, id_col)
-    df = readers.check_finite_numeric(df, path, id_col)
     ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
     readers.check_unique_ids(ids, path, id_col)
+    df = readers.check_finite_numeric(df, path, id_col)
+    return df.drop(id_col).insert_column(0, ids)
+
+
+def _check_no_second_id(df: pl.DataFrame, path: Path, id_col: str) -> None:
     if "patient_id" in df.columns and id_col != "patient_id":
         raise InputDataError(f"{path}: has both {id_col!r} and a 'patient_id' column")
-    return df.drop(id_col).insert_column(0, ids)
 
 
 def _plan_parquet_stream(path: Path, opts: IngestOptions) -> dict[str, Any] | None:
@@ -333,9 +368,7 @@ def _plan_parquet_stream(path: Path, opts: IngestOptions) -> dict[str, Any] | No
     pf = readers.open_parquet(path)
     schema = pf.schema_arrow
     names = schema.names
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise InputDataError(f"{path}: duplicated column {dup!r}")
+    readers.check_header(path, names)
     if pf.metadata.num_rows == 0:
         raise InputDataError(f"{path}: empty table (no rows)")
     id_col = readers.find_id_column(pl.DataFrame(schema=dict.fromkeys(names, pl.String)), path,
@@ -345,24 +378,15 @@ def _plan_parquet_stream(path: Path, opts: IngestOptions) -> dict[str, Any] | No
         raise InputDataError(f"{path}: no feature columns besides the patient ID")
     if "patient_id" in features:
         raise InputDataError(f"{path}: has both {id_col!r} and a 'patient_id' column")
-    non_numeric = [n for n in features if not _arrow_numeric(schema.field(n).type)]
-    if non_numeric:
-        if len(names) <= 3 and opts.layout == "auto":
-            return None  # probably long layout: let the in-memory reader decide
-        col = pl.from_arrow(pf.read(columns=[non_numeric[0]])).to_series()  # type: ignore[union-attr]
-        as_num = col.cast(pl.String).str.strip_chars().cast(pl.Float64, strict=False)
-        bad = as_num.is_null() & col.is_not_null()
-        row = int(bad.arg_true()[0]) if bad.any() else 0
-        raise InputDataError(
-            f"{path}: non-numeric value {col[row]!r} in column {non_numeric[0]!r}, row {row + 1}"
-        )
-    ids = readers.normalise_ids(
-        pl.from_arrow(pf.read(columns=[id_col])).to_series(), path, id_col,  # type: ignore[union-attr]
-        opts.tcga_barcodes,
-    )
-    readers.check_unique_ids(ids, path, id_col)
     nulls = _null_counts_from_metadata(pf, features)
     dropped = [f for f in features if nulls.get(f) == pf.metadata.num_rows]
+    if any(not _arrow_numeric(schema.field(n).type) for n in features if n not in dropped):
+        return None  # text columns (long layout, numbers stored as text, or an error):
+        # the in-memory reader converts them or names the first offending cell
+    ids = readers.normalise_ids(
+        readers.read_parquet_table(path, [id_col])[id_col], path, id_col, opts.tcga_barcodes
+    )
+    readers.check_unique_ids(ids, path, id_col)
     for c in dropped:
         log.warning("%s: column %r is entirely missing; dropped", path, c)
     keep = [f for f in features if f not in dropped]
@@ -395,10 +419,10 @@ def _null_counts_from_metadata(pf: pq.ParquetFile, features: list[str]) -> dict[
 # -- outcome ---------------------------------------------------------------------------
 def _read_outcome(spec: TableSpec, opts: IngestOptions) -> _Table:
     path = spec.path
-    df = readers.read_table(path, _text_fmt(opts.fmt))
-    id_col = readers.find_id_column(df, path, opts.id_column)
+    df, id_col = readers.read_id_table(path, _text_fmt(opts.fmt), opts.id_column)
     ids = readers.normalise_ids(df[id_col], path, id_col, opts.tcga_barcodes)
     readers.check_unique_ids(ids, path, id_col)
+    _check_no_second_id(df, path, id_col)
     df = df.drop(id_col).insert_column(0, ids)
     df, dropped = _drop_empty_columns(df, path)
     return _Table(spec.name, "outcome", path, df, {"columns_dropped_all_missing": dropped})
@@ -426,26 +450,73 @@ def _pseudonymise(tables: list[_Table], key: bytes) -> None:
 
 
 def _overlap(tables: list[_Table]) -> dict[str, Any]:
-    sets = {}
+    """Patient counts per table and how the tables overlap; disjoint tables are refused.
+
+    ``lacking`` counts, per table, the cohort patients (union of every table) without a
+    row in it, so a missing modality is visible; ``lacking_any_feature_table`` counts
+    patients missing from at least one genetic/molecular table.
+    """
+    sets: dict[str, set[str]] = {}
+    sources: dict[str, Path] = {}
     for t in tables:
         ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
-        sets[f"{t.kind}:{t.name}"] = set(ids.to_list())
-    feature_sets = [s for k, s in sets.items() if k.split(":")[0] in ("genetic", "molecular")]
-    union = set().union(*sets.values())
+        key = f"{t.kind}:{t.name}"
+        sets[key] = set(ids.to_list())
+        sources[key] = t.source
+    feature_keys = [k for k in sets if k.split(":")[0] in ("genetic", "molecular")]
+    feature_sets = [sets[k] for k in feature_keys]
+    union: set[str] = set().union(*sets.values())
     shared_features = set.intersection(*feature_sets) if feature_sets else set()
     names = list(sets)
     pairwise = {a: {b: len(sets[a] & sets[b]) for b in names} for a in names}
-    if len(feature_sets) > 1 or (len(sets) > 1):
-        for a in names:
-            others = set().union(*(sets[b] for b in names if b != a))
-            if not sets[a] & others:
-                raise InputDataError(f"table {a} shares no patient with the other tables")
+    for a in names:
+        others = [b for b in names if b != a]
+        if others and not sets[a] & set().union(*(sets[b] for b in others)):
+            _disjoint(a, others, sets, sources)
+    for i, a in enumerate(feature_keys):
+        for b in feature_keys[i + 1:]:
+            if not sets[a] & sets[b]:
+                _disjoint(a, [b], sets, sources)
     return {
         "total": len(union),
         "per_table": {k: len(v) for k, v in sets.items()},
         "in_all_feature_tables": len(shared_features),
+        "lacking": {k: len(union - v) for k, v in sets.items()},
+        "lacking_any_feature_table": len(union - shared_features) if feature_sets else 0,
         "pairwise_shared": pairwise,
     }
+
+
+def _check_cohort_size(tables: list[_Table]) -> None:
+    """Refuse feature tables and cohorts too small for any grouping."""
+    with_data: set[str] = set()
+    for t in tables:
+        if t.kind not in ("genetic", "molecular"):
+            continue
+        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
+        if ids.len() < MIN_TABLE_PATIENTS:
+            raise InputDataError(
+                f"{t.source}: only {ids.len()} patient(s); a {t.kind} table needs at least "
+                f"{MIN_TABLE_PATIENTS}"
+            )
+        with_data.update(ids.to_list())
+    if len(with_data) < MIN_COHORT_PATIENTS:
+        files = ", ".join(str(t.source) for t in tables if t.kind in ("genetic", "molecular"))
+        raise InputDataError(
+            f"{files}: only {len(with_data)} patients have genetic or molecular data, too few "
+            f"to find groups (need at least {MIN_COHORT_PATIENTS})"
+        )
+
+
+def _disjoint(a: str, others: list[str], sets: dict[str, set[str]], sources: dict[str, Path]
+              ) -> None:
+    """Refuse table ``a`` for sharing no patient with ``others``, with a hint on case."""
+    rest = set().union(*(sets[b] for b in others))
+    hint = ""
+    if {i.lower() for i in sets[a]} & {i.lower() for i in rest}:
+        hint = " (some IDs match when case is ignored: make the case consistent)"
+    names = ", ".join(f"{b} ({sources[b]})" for b in others)
+    raise InputDataError(f"{sources[a]}: table {a} shares no patient with {names}{hint}")
 
 
 # -- writing ---------------------------------------------------------------------------
@@ -476,7 +547,11 @@ def _write_table(t: _Table, tmp: Path, key: bytes | None) -> dict[str, Any]:
 
 
 def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
-    """Copy a wide Parquet table batch by batch, validating values as they pass."""
+    """Copy a wide Parquet table batch by batch, validating values as they pass.
+
+    Read failures are reported as unreadable input (66), write failures as output
+    errors (73). Columns found entirely missing (e.g. all NaN) are dropped afterwards.
+    """
     plan = t.stream
     assert plan is not None
     pf = readers.open_parquet(t.source)
@@ -484,47 +559,71 @@ def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
     ids: pl.Series = plan["ids"]
     order = ids.arg_sort()
     sorted_already = bool((order == pl.Series(range(len(ids)))).all())
+    batch_rows = max(256, min(65536, 50_000_000 // max(1, len(features))))
+    present = dict.fromkeys(features, 0)
+    if not sorted_already and len(ids) * len(features) > 400_000_000:
+        log.info("%s: rows not sorted by patient; stored in input order", t.source)
+        sorted_already = True
     writer = None
     offset = 0
-    batch_rows = max(256, min(65536, 50_000_000 // max(1, len(features))))
     try:
-        if not sorted_already and len(ids) * len(features) > 400_000_000:
-            log.info("%s: rows not sorted by patient; stored in input order", t.source)
-            sorted_already = True
         if sorted_already:
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=features):
-                frame = _check_batch(pl.from_arrow(batch), t.source, features, offset)  # type: ignore[arg-type]
+            for batch in _batches(pf, t.source, batch_rows, features):
+                frame = _check_batch(batch, t.source, features, offset)
+                for n in features:
+                    present[n] += frame.height - frame[n].null_count()
                 frame = frame.insert_column(0, ids.slice(offset, frame.height))
                 writer = writer or pq.ParquetWriter(target, frame.to_arrow().schema,
                                                     compression="zstd")
                 writer.write_table(frame.to_arrow())
                 offset += frame.height
         else:
-            frame = _check_batch(pl.from_arrow(pf.read(columns=features)), t.source, features, 0)  # type: ignore[arg-type]
+            whole = next(_batches(pf, t.source, None, features))
+            frame = _check_batch(whole, t.source, features, 0)
+            present = {n: frame.height - frame[n].null_count() for n in features}
             frame = frame.insert_column(0, ids).sort("patient_id")
             write_parquet(frame, target)
             offset = frame.height
-    except pa.ArrowException as exc:
-        raise InputMissingError(f"{t.source}: corrupt Parquet data ({readers._short(exc)})") from None
+    except (OSError, pa.ArrowException) as exc:
+        raise OutputError(f"{target}: cannot write ({readers._short(exc)})") from None
     finally:
         if writer is not None:
             writer.close()
-    return offset, len(features)
+    empty = [n for n in features if present[n] == 0]
+    if empty:
+        _drop_stored_columns(t, target, empty)
+    return offset, len(features) - len(empty)
+
+
+def _batches(pf: pq.ParquetFile, source: Path, batch_rows: int | None, features: list[str]
+             ) -> Iterator[pl.DataFrame]:
+    """Record batches as polars frames (the whole table when ``batch_rows`` is None)."""
+    try:
+        if batch_rows is None:
+            yield readers.arrow_to_polars(pf.read(columns=features), source)
+            return
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=features):
+            yield readers.arrow_to_polars(batch, source)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise InputMissingError(f"{source}: corrupt Parquet data ({readers._short(exc)})") from None
+
+
+def _drop_stored_columns(t: _Table, target: Path, empty: list[str]) -> None:
+    """Rewrite a streamed table without the columns found entirely missing."""
+    for c in empty:
+        log.warning("%s: column %r is entirely missing; dropped", t.source, c)
+    if len(empty) == len(t.stream["features"]):  # type: ignore[index]
+        raise InputDataError(f"{t.source}: every feature column is entirely missing")
+    t.info["columns_dropped_all_missing"] = [*t.info.get("columns_dropped_all_missing", []),
+                                             *empty]
+    table = pq.read_table(target).drop_columns(empty)
+    pq.write_table(table, target, compression="zstd", write_statistics=True,
+                   row_group_size=max(1, min(65536, table.num_rows or 1)))
 
 
 def _check_batch(frame: pl.DataFrame, path: Path, features: list[str], offset: int) -> pl.DataFrame:
-    cols = []
-    for name in features:
-        col = frame[name]
-        if col.dtype == pl.Null:
-            col = col.cast(pl.Float64)
-        elif col.dtype not in (pl.Float32, pl.Float64):
-            col = col.cast(pl.Float64)
-        if col.is_infinite().any():
-            row = int(col.is_infinite().arg_true()[0]) + offset
-            raise InputDataError(f"{path}: infinite value in column {name!r}, row {row + 1}")
-        cols.append(col.fill_nan(None))
-    return pl.DataFrame(cols)
+    """Validate one streamed batch with the same rules as in-memory tables."""
+    return pl.DataFrame([readers.numeric_column(frame[n], path, offset) for n in features])
 
 
 def read_key(key_file: Path | None) -> bytes:

@@ -2,6 +2,15 @@
 
 Every failure is raised as a one-line :class:`~cohortctl.errors.CohortError` naming the
 file and, where it applies, the column or row. Nothing here writes to disk.
+
+Exit statuses: a file that is absent, a directory, not readable, or whose container
+cannot be decoded (corrupt/truncated Parquet or gzip, wrong Parquet magic bytes) is
+:class:`~cohortctl.errors.InputMissingError` (66, "input missing or unreadable"); a file
+that decodes but whose content is wrong (not UTF-8 text, ragged rows, bad values,
+missing columns, duplicate IDs, ...) is :class:`~cohortctl.errors.InputDataError` (65).
+
+``row N`` in messages is the N-th data row (1-based; the header, blank lines and ``#``
+comment lines are not counted), so it is the same for a CSV and the Parquet it became.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import gzip
 import math
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +26,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+from polars.exceptions import PanicException
 
 from cohortctl.errors import InputDataError, InputMissingError, UsageError
 
@@ -126,30 +137,51 @@ def _head_bytes(path: Path, n: int) -> bytes:
         try:
             with gzip.open(path, "rb") as fh:
                 return fh.read(n)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:
             raise InputMissingError(f"{path}: corrupt gzip file ({exc})") from None
     return head
 
 
+def _is_gzip(path: Path) -> bool:
+    """True when the file starts with the gzip magic bytes (whatever its name)."""
+    _check_readable(path)
+    with path.open("rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _text_lines(path: Path) -> Iterator[str]:
     """Decoded lines of a (possibly gzip-compressed) text file."""
-    opener = gzip.open if _head_bytes(path, 2) == b"\x1f\x8b" else open
+    opener = gzip.open if _is_gzip(path) else open
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
             yield from fh
     except UnicodeDecodeError as exc:
-        raise InputDataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (OSError, EOFError) as exc:
+        hint = "; it is a Parquet file: use --format parquet" if _head_bytes(path, 4) == b"PAR1" \
+            else ""
+        raise InputDataError(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"
+        ) from None
+    except (OSError, EOFError, zlib.error) as exc:
         raise InputMissingError(f"{path}: cannot read ({exc})") from None
 
 
 def read_text_table(path: Path, separator: str) -> pl.DataFrame:
-    """Read CSV/TSV (gzip or not, ``#`` comment lines skipped) with all columns as text.
+    """Read CSV/TSV (gzip or not) with all columns as text.
+
+    Lines starting with ``#`` before the header (MAF ``#version``, cBioPortal metadata)
+    and blank lines (only spaces/line breaks) are skipped; after the header a ``#`` line
+    is data (a patient ``#12`` is not silently lost) and a line holding only separators
+    is a row of empty cells. Cells are stripped of
+    surrounding whitespace; the :data:`NULL_VALUES` spellings are missing.
 
     Columns are read as strings first and typed afterwards by :func:`infer_types`,
     so that a mixed column is reported by name instead of failing deep in a parser.
     """
-    lines = [ln for ln in _text_lines(path) if not ln.startswith("#") and ln.strip()]
+    blank = " \t\r\n\x0b\x0c".replace(separator, "")  # a line of separators is a row
+    lines: list[str] = []
+    for ln in _text_lines(path):
+        if ln.strip(blank) and (lines or not ln.startswith("#")):
+            lines.append(ln)
     if not lines:
         raise InputDataError(f"{path}: empty table (no header row)")
     import csv
@@ -160,18 +192,31 @@ def read_text_table(path: Path, separator: str) -> pl.DataFrame:
     except csv.Error as exc:
         raise InputDataError(f"{path}: malformed {_sep_name(separator)} ({exc})") from None
     header = [h.strip() for h in rows[0]]
-    _check_header(path, header)
+    other = "\t" if separator == "," else ","
+    if len(header) == 1 and other in header[0]:
+        raise InputDataError(
+            f"{path}: the header has one column but contains {_sep_name(other)} separators; "
+            f"use --format {_sep_name(other).lower()}"
+        )
+    body = rows[1:]
+    if len(header) > 1 and header[-1] == "" and all(len(r) < len(header) or r[-1].strip() == ""
+                                                    for r in body):
+        # Trailing separator on every line: an unnamed, empty last column. Drop it.
+        header = header[:-1]
+        body = [r[: len(header)] if len(r) > len(header) else r for r in body]
+    check_header(path, header)
     width = len(header)
-    for i, row in enumerate(rows[1:], start=2):
+    for i, row in enumerate(body):
         if len(row) != width:
             # Allow a trailing empty cell produced by a trailing separator.
-            if len(row) == width + 1 and row[-1] == "":
-                rows[i - 1] = row[:-1]
+            if len(row) == width + 1 and row[-1].strip() == "":
+                body[i] = row[:-1]
                 continue
+            hint = " (unterminated quote?)" if any("\n" in cell for cell in row) else ""
             raise InputDataError(
-                f"{path}: line {i} has {len(row)} fields, the header has {width} (ragged rows)"
+                f"{path}: row {i + 1} has {len(row)} fields, the header has {width} "
+                f"(ragged rows){hint}"
             )
-    body = rows[1:]
     columns = {
         name: [_null_or(r[j].strip()) for r in body] for j, name in enumerate(header)
     }
@@ -186,7 +231,8 @@ def _null_or(cell: str) -> str | None:
     return None if cell in NULL_VALUES else cell
 
 
-def _check_header(path: Path, header: Sequence[str]) -> None:
+def check_header(path: Path, header: Sequence[str]) -> None:
+    """Refuse empty and duplicated column names, naming their positions."""
     seen: dict[str, int] = {}
     for i, name in enumerate(header, start=1):
         if name == "":
@@ -198,12 +244,17 @@ def _check_header(path: Path, header: Sequence[str]) -> None:
         seen[name] = i
 
 
-def infer_types(df: pl.DataFrame) -> pl.DataFrame:
-    """Type string columns: integer, float, boolean, else keep as text."""
+def infer_types(df: pl.DataFrame, keep_text: Sequence[str] = ()) -> pl.DataFrame:
+    """Type string columns: integer, float, boolean, else keep as text.
+
+    A column is an integer or float column only if every non-missing cell parses;
+    boolean only if its values are true/false-like with both present. An all-missing
+    column becomes Float64. Columns in ``keep_text`` are left as they are.
+    """
     out = []
     for name in df.columns:
         col = df[name]
-        if col.dtype != pl.String:
+        if col.dtype != pl.String or name in keep_text:
             out.append(col)
             continue
         out.append(_infer_column(col))
@@ -239,22 +290,47 @@ def read_parquet_table(path: Path, columns: Sequence[str] | None = None) -> pl.D
         table = pf.read(columns=list(columns) if columns is not None else None)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputMissingError(f"{path}: corrupt Parquet data ({_short(exc)})") from None
-    _check_header(path, table.column_names)
+    check_header(path, table.column_names)
+    return arrow_to_polars(table, path)
+
+
+def arrow_to_polars(data: pa.Table | pa.RecordBatch, path: Path) -> pl.DataFrame:
+    """Arrow data read from ``path`` as polars, without its (possibly corrupt) metadata.
+
+    Schema and field metadata are dropped first: polars panics on metadata that is not
+    UTF-8, which a damaged footer can produce. A panic is reported as corrupt data (66);
+    Arrow types polars cannot take as invalid data (65).
+    """
     try:
-        return pl.from_arrow(table)  # type: ignore[return-value]
+        clean = pa.Table.from_arrays(
+            list(data.columns),
+            schema=pa.schema([f.remove_metadata() for f in data.schema]),
+        )
+    except (pa.ArrowException, ValueError) as exc:
+        raise InputMissingError(f"{path}: corrupt Parquet schema ({_short(exc)})") from None
+    try:
+        return pl.from_arrow(clean)  # type: ignore[return-value]
+    except PanicException as exc:
+        raise InputMissingError(f"{path}: corrupt Parquet data ({_short(exc)})") from None
     except Exception as exc:  # noqa: BLE001 - arrow types polars cannot take
         raise InputDataError(f"{path}: unsupported column types ({_short(exc)})") from None
 
 
 def open_parquet(path: Path) -> pq.ParquetFile:
     """Open a Parquet file lazily (metadata only)."""
-    _check_readable(path)
+    if _is_gzip(path):
+        raise InputMissingError(
+            f"{path}: gzip-compressed Parquet cannot be read; decompress it first "
+            "(Parquet is compressed internally)"
+        )
     if _head_bytes(path, 4) != b"PAR1":
         raise InputMissingError(f"{path}: not a Parquet file (wrong magic bytes)")
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputMissingError(f"{path}: unreadable or truncated Parquet ({_short(exc)})") from None
+        raise InputMissingError(
+            f"{path}: unreadable or truncated Parquet ({_short(exc)})"
+        ) from None
 
 
 def _short(exc: BaseException) -> str:
@@ -264,19 +340,31 @@ def _short(exc: BaseException) -> str:
 
 def read_table(path: Path, fmt: str | None = None) -> pl.DataFrame:
     """Read any supported table into a typed polars DataFrame."""
+    return read_id_table(path, fmt, id_column=None, find_id=False)[0]
+
+
+def read_id_table(path: Path, fmt: str | None = None, id_column: str | None = None,
+                  *, find_id: bool = True) -> tuple[pl.DataFrame, str]:
+    """Read a table and find its patient-ID column (see :func:`find_id_column`).
+
+    In CSV/TSV the ID column is kept as text, never typed, so ``007`` stays ``"007"``.
+    Returns the frame and the ID column's name (``""`` when ``find_id`` is false).
+    """
     path = Path(path)
     _check_readable(path)
     kind = detect_format(path, fmt)
     if kind == "parquet":
         df = read_parquet_table(path)
     else:
-        sep = "," if kind == "csv" else "\t"
-        df = infer_types(read_text_table(path, sep))
+        df = read_text_table(path, "," if kind == "csv" else "\t")
     if df.width == 0:
         raise InputDataError(f"{path}: empty table (no columns)")
     if df.height == 0:
         raise InputDataError(f"{path}: empty table (header only, no rows)")
-    return df
+    id_col = find_id_column(df, path, id_column) if find_id else ""
+    if kind != "parquet":
+        df = infer_types(df, keep_text=(id_col,) if id_col else ())
+    return df, id_col
 
 
 def find_id_column(df: pl.DataFrame, path: Path, declared: str | None = None) -> str:
@@ -297,34 +385,65 @@ def find_id_column(df: pl.DataFrame, path: Path, declared: str | None = None) ->
     )
 
 
-def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) -> pl.Series:
-    """Clean patient IDs: strip whitespace, refuse empty ones, optionally cut TCGA barcodes.
+#: Characters stripped from both ends of an ID besides Unicode whitespace (which includes
+#: the no-break space): zero-width space/joiners, word joiner and the byte-order mark.
+_ID_EDGE_CHARS = "\u200b\u200c\u200d\u2060\ufeff"
 
-    ``tcga=None`` detects: barcodes are cut to the patient (``TCGA-AB-2802``) when every
-    ID is a TCGA barcode.
+
+def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) -> pl.Series:
+    """Clean patient IDs so that the same patient matches across tables.
+
+    Rules, in order:
+
+    1. IDs are text; numeric ID columns are written in decimal (``7`` -> ``"7"``). In
+       CSV/TSV the ID column is never type-converted, so ``"007"`` keeps its zeros.
+    2. Unicode NFC normalisation (a composed and a decomposed ``é`` are the same ID).
+    3. Leading/trailing whitespace (Unicode, incl. no-break space), zero-width characters
+       and byte-order marks are stripped; inner characters are kept as they are.
+    4. Empty IDs and IDs with control or line-break characters inside (C0/C1 controls
+       such as tab, newline or NUL; U+2028/U+2029) are refused.
+    5. TCGA barcodes are cut to the patient (``TCGA-AB-2802-03A-01W`` -> ``TCGA-AB-2802``)
+       and upper-cased, with ``tcga=True``, or with ``tcga=None`` when every ID is one.
+
+    Case is kept; :func:`check_unique_ids` refuses IDs that differ only by case.
     """
     if ids.dtype != pl.String:
         ids = ids.cast(pl.String)
-    stripped = ids.str.strip_chars()
+    stripped = (
+        ids.str.normalize("NFC")
+        .str.strip_chars()
+        .str.strip_chars(_ID_EDGE_CHARS)
+        .str.strip_chars()
+    )
     missing = stripped.is_null() | (stripped == "")
     if missing.any():
         row = int(missing.arg_max()) + 1  # type: ignore[operator]
         raise InputDataError(f"{path}: row {row}: empty patient ID in column {column!r}")
-    if tcga is None:
-        tcga = bool(stripped.str.contains(TCGA_BARCODE.pattern).all()) and bool(
-            stripped.str.contains(r"^TCGA-[A-Za-z0-9]{2}-[A-Za-z0-9]{4}").all()
+    control = stripped.str.contains(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+    if control.any():
+        row = int(control.arg_max()) + 1  # type: ignore[operator]
+        raise InputDataError(
+            f"{path}: row {row}: patient ID {stripped[row - 1]!r} in column {column!r} "
+            "contains a control character"
         )
+    if tcga is None:
+        tcga = bool(stripped.str.contains("(?i)" + TCGA_BARCODE.pattern).all())
     if tcga:
         bad = ~stripped.str.contains(r"^(?i)TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}")
         if bad.any():
             value = stripped.filter(bad)[0]
             raise InputDataError(f"{path}: {value!r} in column {column!r} is not a TCGA barcode")
-        stripped = stripped.str.extract(r"^(?i)(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", 1).str.to_uppercase()
+        stripped = stripped.str.extract(r"^(?i)(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})", 1)
+        stripped = stripped.str.to_uppercase()
     return stripped.alias("patient_id")
 
 
 def check_unique_ids(ids: pl.Series, path: Path, column: str) -> None:
-    """Refuse duplicated patient IDs in a wide table, naming the first one and its rows."""
+    """Refuse duplicated patient IDs in a wide table, naming the first one and its rows.
+
+    IDs that differ only by case (``P01``/``p01``) are refused too: they are almost
+    always one patient typed twice, and silently keeping both would split it.
+    """
     dup = ids.is_duplicated()
     if dup.any():
         value = ids.filter(dup)[0]
@@ -332,45 +451,70 @@ def check_unique_ids(ids: pl.Series, path: Path, column: str) -> None:
         raise InputDataError(
             f"{path}: duplicate patient ID {value!r} in column {column!r} (rows {rows})"
         )
+    folded = ids.str.to_lowercase()
+    fdup = folded.is_duplicated()
+    if fdup.any():
+        first = folded.filter(fdup)[0]
+        hits = (folded == first).arg_true().to_list()[:2]
+        raise InputDataError(
+            f"{path}: patient IDs {ids[hits[0]]!r} (row {hits[0] + 1}) and {ids[hits[1]]!r} "
+            f"(row {hits[1] + 1}) in column {column!r} differ only by case"
+        )
+
+
+#: Largest magnitude accepted in a molecular table: squares and sums of squares
+#: (variances, distances) of such values stay finite in float64.
+MAX_ABS_VALUE = 1e150
+
+
+def numeric_column(col: pl.Series, path: Path, offset: int = 0) -> pl.Series:
+    """One molecular column as finite floats (missing allowed), else a one-line error.
+
+    Text holding only numbers is converted; booleans become 0/1; NaN becomes missing;
+    an all-missing column of any type becomes Float64. Refused, naming the first
+    offending cell (row = data row, 1-based, ``offset`` rows before this chunk):
+    non-numeric text, infinite values and values beyond :data:`MAX_ABS_VALUE`.
+    """
+    name = col.name
+    if col.null_count() == col.len():
+        dtype = col.dtype if col.dtype in (pl.Float32, pl.Float64) else pl.Float64
+        return pl.Series(name, [None] * col.len(), dtype=dtype)
+    if col.dtype == pl.String:
+        as_float = col.str.strip_chars().cast(pl.Float64, strict=False)
+        bad = as_float.is_null() & col.is_not_null()
+        if bad.any():
+            row = int(bad.arg_true()[0])
+            raise InputDataError(
+                f"{path}: non-numeric value {col[row]!r} in column {name!r}, "
+                f"row {row + 1 + offset}"
+            )
+        col = as_float
+    elif col.dtype == pl.Boolean:
+        col = col.cast(pl.Float64)
+    elif not col.dtype.is_numeric():
+        raise InputDataError(f"{path}: column {name!r} has non-numeric type {col.dtype}")
+    elif col.dtype not in (pl.Float32, pl.Float64):
+        col = col.cast(pl.Float64)
+    col = col.fill_nan(None)  # before comparisons: polars orders NaN above every number
+    inf = col.is_infinite().fill_null(False)
+    if inf.any():
+        row = int(inf.arg_true()[0])
+        raise InputDataError(
+            f"{path}: infinite value {col[row]} in column {name!r}, row {row + 1 + offset}"
+        )
+    big = (col.abs() > MAX_ABS_VALUE).fill_null(False)
+    if big.any():
+        row = int(big.arg_true()[0])
+        raise InputDataError(
+            f"{path}: value {col[row]:g} in column {name!r}, row {row + 1 + offset}, "
+            f"is too large (limit {MAX_ABS_VALUE:g})"
+        )
+    return col.alias(name)
 
 
 def check_finite_numeric(df: pl.DataFrame, path: Path, id_col: str) -> pl.DataFrame:
-    """Molecular tables: every value column numeric and finite (missing allowed).
-
-    Names the first offending cell. Returns the frame with value columns as Float64/32.
-    """
-    cols = []
-    for name in df.columns:
-        if name == id_col:
-            continue
-        col = df[name]
-        if col.dtype == pl.String:
-            as_float = col.str.strip_chars().cast(pl.Float64, strict=False)
-            bad = as_float.is_null() & col.is_not_null()
-            row = int(bad.arg_true()[0])
-            raise InputDataError(
-                f"{path}: non-numeric value {col[row]!r} in column {name!r}, row {row + 1}"
-            )
-        if col.dtype == pl.Boolean:
-            col = col.cast(pl.Float64)
-        elif not col.dtype.is_numeric():
-            raise InputDataError(f"{path}: column {name!r} has non-numeric type {col.dtype}")
-        elif col.dtype not in (pl.Float32, pl.Float64):
-            col = col.cast(pl.Float64)
-        inf = col.is_infinite()
-        if inf.any():
-            row = int(inf.arg_true()[0])
-            raise InputDataError(
-                f"{path}: infinite value in column {name!r}, row {row + 1}"
-            )
-        if col.dtype == pl.Float64:
-            big = col.abs() > 1e300
-            if big.any():
-                row = int(big.arg_true()[0])
-                raise InputDataError(
-                    f"{path}: value {col[row]} too large in column {name!r}, row {row + 1}"
-                )
-        cols.append(col.fill_nan(None))
+    """Molecular tables: every value column through :func:`numeric_column`."""
+    cols = [numeric_column(df[c], path) for c in df.columns if c != id_col]
     return pl.DataFrame([df[id_col], *cols])
 
 
@@ -391,9 +535,17 @@ def pivot_long(df: pl.DataFrame, path: Path, id_col: str) -> pl.DataFrame:
     feat = next((c for c in others if df[c].dtype == pl.String), others[0])
     val = next(c for c in others if c != feat)
     df = df.with_columns(pl.col(feat).cast(pl.String).str.strip_chars())
-    if df[feat].is_null().any():
-        row = int(df[feat].is_null().arg_true()[0]) + 1
+    empty = df[feat].is_null() | (df[feat] == "")
+    if empty.any():
+        row = int(empty.arg_true()[0]) + 1
         raise InputDataError(f"{path}: row {row}: empty feature name in column {feat!r}")
+    clash = df[feat] == id_col
+    if clash.any():
+        row = int(clash.arg_true()[0]) + 1
+        raise InputDataError(
+            f"{path}: row {row}: feature name {id_col!r} in column {feat!r} clashes with the "
+            "ID column"
+        )
     counts = df.group_by([id_col, feat]).agg(
         pl.col(val).n_unique().alias("n_values"), pl.len().alias("n")
     )
@@ -431,7 +583,7 @@ def read_maf(path: Path, classes: Sequence[str] | None = None) -> tuple[pl.DataF
     for col in ("patient_id", "gene", "variant_class"):
         nulls = df[col].is_null() | (df[col] == "")
         if nulls.any():
-            row = int(nulls.arg_true()[0]) + 2
+            row = int(nulls.arg_true()[0]) + 1
             src = {"patient_id": "Tumor_Sample_Barcode", "gene": "Hugo_Symbol",
                    "variant_class": "Variant_Classification"}[col]
             raise InputDataError(f"{path}: row {row}: empty {src}")
