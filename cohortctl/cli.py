@@ -6,15 +6,14 @@ Data (paths, JSON summaries) go to stdout; logs and progress go to stderr.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
-
-import functools
-from collections.abc import Callable
 
 import typer
 
@@ -54,7 +53,7 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     from rich.logging import RichHandler
 
     level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.INFO
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one log record = one line
     handler = RichHandler(console=console, show_time=False, show_path=False,
                           markup=False, rich_tracebacks=False)
     logging.basicConfig(level=level, handlers=[handler], format="%(message)s", force=True)
@@ -99,7 +98,9 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
             raise typer.Exit(EXIT_INTERNAL) from None
         except typer.Exit:
             raise
-        except Exception as exc:
+        except BaseException as exc:  # includes polars' PanicException (not an Exception)
+            if isinstance(exc, (SystemExit, GeneratorExit)):
+                raise
             if _STATE["debug"]:
                 raise
             _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")

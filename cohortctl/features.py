@@ -80,7 +80,8 @@ class BlockModel:
         self.dropped["too_missing"] = len(cols) - len(keep)
         X = _to_numpy(values.select(keep))
         if self.kind == "molecular":
-            self.transform = _choose_transform(X, settings.transform)
+            forced = getattr(self, "forced_transform", None)
+            self.transform = forced or _choose_transform(X, settings.transform)
             X = _apply_transform(X, self.transform)
         with np.errstate(invalid="ignore"):
             var = np.nanvar(X, axis=0) if X.size else np.zeros(0)
@@ -118,6 +119,8 @@ class BlockModel:
         Xs = (X - center) / scale
         self._fit_pca(Xs, settings)
         self.n_fit_patients = n
+        for key, count in (getattr(self, "prefiltered", None) or {}).items():
+            self.dropped[key] = self.dropped.get(key, 0) + count
         return self
 
     def _fit_pca(self, Xs: np.ndarray, settings: FeatureSettings) -> None:
@@ -332,3 +335,73 @@ def impute_missing_blocks(M: np.ndarray, present: dict[str, np.ndarray],
             s0, s1 = slices[b]
             M[rows, s0:s1] = ref[:, s0:s1][nbr].mean(axis=1)
     return M
+
+
+def prefilter_columns(path: Path, settings: FeatureSettings,
+                      target_cells: int = 25_000_000) -> tuple[list[str], dict[str, int], str]:
+    """Streaming version of the column filters of :meth:`BlockModel.fit` for a big table.
+
+    Reads the Parquet file a chunk of columns at a time (about ``target_cells`` values),
+    applies the transform chosen from a sample, and keeps the columns that pass the
+    missingness and constant filters, best ``top_features`` by variance. Returns the kept
+    column names (file order), the counts dropped per reason, and the transform.
+    """
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    cols = [c for c in pf.schema_arrow.names if c != "patient_id"]
+    n = pf.metadata.num_rows
+    sample = next(pf.iter_batches(batch_size=min(n, 2000), columns=cols[:500]), None)
+    transform = settings.transform
+    if transform == "auto":
+        Xs = _to_numpy(pl.from_arrow(sample)) if sample is not None else np.zeros((0, 0))
+        finite = Xs[np.isfinite(Xs)]
+        lo, hi = _global_stat(pf, cols, min), _global_stat(pf, cols, max)
+        if lo is None or hi is None:
+            lo = float(finite.min()) if finite.size else 0.0
+            hi = float(finite.max()) if finite.size else 0.0
+        transform = "none"
+        if lo >= 0.0 and hi <= 1.0 and np.unique(finite[:1000]).size > 2:
+            transform = "mvalue"
+        elif lo >= 0.0 and hi > 1000 and finite.size and np.all(np.mod(finite, 1) == 0):
+            transform = "log1p"
+    step = max(1, target_cells // max(n, 1))
+    miss = np.empty(len(cols))
+    var = np.empty(len(cols))
+    maxabs = 0.0
+    for s0 in range(0, len(cols), step):
+        chunk = cols[s0:s0 + step]
+        X = _to_numpy(pl.from_arrow(pf.read(columns=chunk)))
+        miss[s0:s0 + len(chunk)] = np.isnan(X).sum(axis=0) / max(n, 1)
+        X = _apply_transform(X, transform)
+        with np.errstate(invalid="ignore"), __import__("warnings").catch_warnings():
+            __import__("warnings").simplefilter("ignore", RuntimeWarning)
+            var[s0:s0 + len(chunk)] = np.nan_to_num(np.nanvar(X, axis=0), nan=0.0)
+            if X.size and np.isfinite(X).any():
+                maxabs = max(maxabs, float(np.nanmax(np.abs(X))))
+        del X
+    ok_missing = miss <= settings.max_missing
+    ok_var = var > 1e-12 * max(1.0, maxabs)
+    idx = np.flatnonzero(ok_missing & ok_var)
+    dropped = {"too_missing": int((~ok_missing).sum()),
+               "constant": int((ok_missing & ~ok_var).sum()), "low_variance": 0}
+    if idx.size > settings.top_features:
+        order = np.argsort(-var[idx], kind="stable")[: settings.top_features]
+        dropped["low_variance"] = int(idx.size - settings.top_features)
+        idx = np.sort(idx[order])
+    return [cols[i] for i in idx], dropped, transform
+
+
+def _global_stat(pf: Any, cols: list[str], fn: Any) -> float | None:
+    """Min or max over every column from the Parquet statistics (None if unavailable)."""
+    md = pf.metadata
+    position = {name: i for i, name in enumerate(pf.schema_arrow.names)}
+    values = []
+    for rg in range(md.num_row_groups):
+        group = md.row_group(rg)
+        for c in cols:
+            st = group.column(position[c]).statistics
+            if st is None or not st.has_min_max:
+                return None
+            values.append(float(st.min if fn is min else st.max))
+    return fn(values) if values else None

@@ -55,9 +55,8 @@ def limit_threads(threads: int | None) -> Iterator[None]:
     if not threads:
         yield
         return
-    from threadpoolctl import threadpool_limits
-
     import numba
+    from threadpoolctl import threadpool_limits
 
     old = numba.get_num_threads()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
@@ -76,20 +75,34 @@ def umap_embed(X: np.ndarray, *, n_components: int, n_neighbors: int, seed: int,
 
     n = X.shape[0]
     nn = max(2, min(n_neighbors, n - 1))
-    metric = "euclidean"
+    knn = None
     if n <= EXACT_DISTANCE_MAX:
-        # umap computes exact kNN below 4096 points through a slow Python-callable metric;
-        # a vectorised distance matrix gives the same neighbours several times faster.
-        from sklearn.metrics import pairwise_distances
-
-        X = pairwise_distances(X, metric="euclidean")
-        metric = "precomputed"
+        # umap finds exact neighbours below 4096 points with a Python-callable metric and a
+        # full argsort of every row; a vectorised distance matrix and a partial sort give
+        # the same neighbours several times faster.
+        knn = exact_knn(X, nn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = umap.UMAP(
-            n_neighbors=nn, n_components=n_components, min_dist=0.0, metric=metric,
-            random_state=seed, n_epochs=n_epochs, init="spectral" if n > n_components + 1 else "random",
-            transform_seed=seed, low_memory=True, verbose=False,
+            n_neighbors=nn, n_components=n_components, min_dist=0.0, metric="euclidean",
+            random_state=seed, n_epochs=n_epochs,
+            init="spectral" if n > n_components + 1 else "random",
+            transform_seed=seed, low_memory=True, verbose=False, precomputed_knn=knn,
         )
         emb = model.fit_transform(X)
     return np.asarray(emb, dtype=np.float64)
+
+
+def exact_knn(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, None]:
+    """Exact k nearest neighbours (self first), as umap's ``precomputed_knn`` expects."""
+    from sklearn.metrics import pairwise_distances
+
+    D = pairwise_distances(X, metric="euclidean")
+    np.fill_diagonal(D, -1.0)  # self first, whatever the ties
+    part = np.argpartition(D, k - 1, axis=1)[:, :k]
+    d = np.take_along_axis(D, part, axis=1)
+    order = np.argsort(d, axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int32)
+    dist = np.take_along_axis(d, order, axis=1)
+    dist[:, 0] = 0.0
+    return idx, dist.astype(np.float32), None

@@ -7,16 +7,19 @@
   re-clusterings of 80% subsamples (new UMAP, new HDBSCAN each). The most stable
   candidate wins (ties: the larger size). For cohorts up to ``CONSENSUS_MAX`` patients
   the final partition is HDBSCAN (min_samples = half the cluster size) on the consensus
-  distance (1 - co-clustering frequency), which is far less sensitive to one embedding's randomness; above that,
-  HDBSCAN on the full-cohort embedding.
+  distance (1 - co-clustering frequency), which is far less sensitive to one embedding's
+  randomness. Cohorts above ``LANDMARKS`` patients are clustered on that many random
+  landmark patients; the others are placed by a weighted vote of their 15 nearest landmarks
+  in the integrated space.
 * ``kmeans``, ``ward``, ``spectral``, ``snf``: K chosen over ``--k-range`` by the mean
   silhouette (default) or by PAC of the bootstrap consensus (``--k-criterion pac``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,9 @@ from cohortctl.cluster.embed import umap_embed
 log = logging.getLogger("cohortctl")
 
 CONSENSUS_MAX = 4000
+LANDMARKS = 3000  # above this many patients, cluster landmarks and place the rest by kNN
 UMAP_DIMS = 5
+REFERENCE_EPOCHS = 200  # full-cohort embedding; bootstrap embeddings use the same
 
 
 @dataclass
@@ -81,8 +86,77 @@ def mcs_candidates(n: int, fixed: int | None) -> list[int]:
 
 def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,
                  n_neighbors: int, subsample: float, max_subsample: int, workers: int = 1,
+                 landmarks: int = LANDMARKS,
                  progress: Callable[[str], None] | None = None) -> ClusterResult:
-    """UMAP + HDBSCAN with data-driven minimum cluster size and bootstrap stability."""
+    """UMAP + HDBSCAN with data-driven minimum cluster size and bootstrap stability.
+
+    Cohorts larger than ``landmarks`` are clustered on a random subset of that many
+    landmark patients (same procedure), and every other patient is placed by a weighted
+    vote of its nearest landmarks in the integrated space: cost grows linearly in n
+    beyond the landmark set instead of with n UMAP/HDBSCAN fits.
+    """
+    n = Z.shape[0]
+    if n <= landmarks:
+        return _auto_core(Z, seed=seed, bootstrap=bootstrap, fixed_mcs=fixed_mcs,
+                          n_neighbors=n_neighbors, subsample=subsample,
+                          max_subsample=max_subsample, workers=workers, progress=progress)
+    rng = np.random.default_rng([seed, 7])
+    marks = np.sort(rng.choice(n, size=landmarks, replace=False))
+    scaled_mcs = None
+    if fixed_mcs:
+        scaled_mcs = max(2, int(round(fixed_mcs * landmarks / n)))
+    core = _auto_core(Z[marks], seed=seed, bootstrap=bootstrap, fixed_mcs=scaled_mcs,
+                      n_neighbors=n_neighbors, subsample=subsample,
+                      max_subsample=max_subsample, workers=workers, progress=progress)
+    if progress:
+        progress(f"placing {n - landmarks} patients by their nearest landmarks")
+    labels, conf = knn_vote(Z[marks], core.labels, core.confidence, Z)
+    labels[marks], conf[marks] = core.labels, core.confidence
+    nearest = labels.copy()
+    if (labels < 0).any():
+        nl, _ = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
+        nearest[labels < 0] = nl
+    nearest[marks] = core.nearest
+    runs = [(marks[idx], lab) for idx, lab in core.runs]
+    res = ClusterResult(labels=labels, confidence=np.round(conf, 6), nearest=nearest,
+                        embedding=Z, scores=core.scores, stability=core.stability,
+                        consensus=core.consensus, runs=runs)
+    res.chosen = dict(core.chosen, landmarks=landmarks,
+                      placement="weighted vote of the 15 nearest landmarks")
+    return res
+
+
+def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, query: np.ndarray,
+             k: int = 15, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+    """Label of each query point by a distance-weighted vote of its k nearest references.
+
+    Unassigned references (-1) vote too, so a query among noise stays unassigned.
+    Confidence = winning vote share x mean confidence of the winning voters.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    k = max(1, min(k, ref.shape[0]))
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(ref)
+    classes = np.unique(ref_labels)
+    out_l = np.empty(query.shape[0], dtype=np.int64)
+    out_c = np.empty(query.shape[0], dtype=np.float64)
+    for s0 in range(0, query.shape[0], chunk):
+        d, idx = nn.kneighbors(query[s0:s0 + chunk])
+        w = 1.0 / (d + 1e-9 + 0.1 * np.median(d[:, :1]))
+        lab = ref_labels[idx]
+        votes = np.stack([(w * (lab == c)).sum(axis=1) for c in classes], axis=1)
+        best = np.argmax(votes, axis=1)
+        share = votes[np.arange(len(best)), best] / w.sum(axis=1)
+        winners = lab == classes[best][:, None]
+        mean_conf = (ref_conf[idx] * winners).sum(axis=1) / np.maximum(winners.sum(axis=1), 1)
+        out_l[s0:s0 + chunk] = classes[best]
+        out_c[s0:s0 + chunk] = share * mean_conf
+    return out_l, out_c
+
+
+def _auto_core(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,
+               n_neighbors: int, subsample: float, max_subsample: int, workers: int = 1,
+               progress: Callable[[str], None] | None = None) -> ClusterResult:
     n = Z.shape[0]
     rng = np.random.default_rng(seed)
     candidates = mcs_candidates(n, fixed_mcs)
@@ -90,10 +164,14 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     for _b in range(bootstrap):
         idx = subsample_indices(n, rng, subsample, max_subsample)
         tasks.append((idx, int(rng.integers(0, 2**31 - 1))))
+    # A capped subsample (much smaller than the cohort) gets proportionally smaller sizes.
+    m_boot = len(tasks[0][0]) if tasks else n
+    ratio = m_boot / n if m_boot < 0.75 * n else 1.0
+    boot_sizes = {m: max(5, int(round(m * ratio))) for m in candidates}
     boot, embedding = _bootstrap_with_reference(
-        Z, tasks, candidates, n_neighbors, seed, workers, progress)
+        Z, tasks, sorted(set(boot_sizes.values())), n_neighbors, seed, workers, progress)
     runs_by_mcs: dict[int, list[stability.BootRun]] = {
-        m: [(idx, labs[m]) for (idx, _s), labs in zip(tasks, boot, strict=True)]
+        m: [(idx, labs[boot_sizes[m]]) for (idx, _s), labs in zip(tasks, boot, strict=True)]
         for m in candidates
     }
     use_consensus = n <= CONSENSUS_MAX and bootstrap >= 5
@@ -147,6 +225,28 @@ def _worker_init(Z: np.ndarray, candidates: list[int], n_neighbors: int) -> None
     _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
 
 
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep worker start-up from re-running the caller's ``__main__`` script.
+
+    Workers only need this module; re-importing an unguarded user script (or ``python -m``
+    entry) in every worker would rerun the whole command.
+    """
+    import sys
+
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    try:
+        if "__file__" in saved:
+            delattr(main, "__file__")
+        if "__spec__" in saved:
+            main.__spec__ = None  # type: ignore[union-attr]
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]],
                               candidates: list[int], n_neighbors: int, seed: int, workers: int,
                               progress: Callable[[str], None] | None
@@ -162,7 +262,8 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
     if workers <= 1 or len(tasks) < 4 or n < PARALLEL_MIN_N:
         _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
         try:
-            embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
+            embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed,
+                                   n_epochs=REFERENCE_EPOCHS)
             out = []
             for i, task in enumerate(tasks):
                 out.append(_boot_one(task))
@@ -175,10 +276,11 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["cohortctl.cluster.methods"])
-    with ctx.Pool(processes=workers, initializer=_worker_init,
-                  initargs=(Z, candidates, n_neighbors)) as pool:
+    with _main_module_hidden(), ctx.Pool(processes=workers, initializer=_worker_init,
+                                         initargs=(Z, candidates, n_neighbors)) as pool:
         pending = pool.map_async(_boot_one, tasks, chunksize=1)
-        embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed)
+        embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed,
+                                   n_epochs=REFERENCE_EPOCHS)
         out = pending.get()
     return out, embedding
 
@@ -258,7 +360,8 @@ def k_cluster(method: str, X: np.ndarray, *, k_values: list[int], seed: int, boo
         if method == "snf" and full_aff is not None:
             dist = 1.0 - full_aff / max(full_aff.max(), 1e-12)
             np.fill_diagonal(dist, 0.0)
-            sil = silhouette_score(dist, labels, metric="precomputed") if len(set(labels)) > 1 else -1
+            sil = (silhouette_score(dist, labels, metric="precomputed")
+                   if len(set(labels)) > 1 else -1.0)
         else:
             sil = silhouette_score(X, labels) if len(set(labels)) > 1 else -1.0
         row: dict[str, Any] = {"k": k, "silhouette": round(float(sil), 6)}

@@ -51,7 +51,8 @@ class ClusterOptions:
     seed: int = 0
     bootstrap: int = 30
     subsample: float = 0.8
-    max_subsample: int = 20000
+    max_subsample: int = 3000
+    landmarks: int = methods.LANDMARKS
     assign_noise: bool = False
     run: str | None = None
     threads: int | None = None
@@ -65,8 +66,10 @@ def parse_k_range(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def build_blocks(store: Store, opts: ClusterOptions) -> tuple[dict[str, BlockModel],
-                                                              dict[str, tuple[list[str], np.ndarray]]]:
+BlockScores = dict[str, tuple[list[str], np.ndarray]]
+
+
+def build_blocks(store: Store, opts: ClusterOptions) -> tuple[dict[str, BlockModel], BlockScores]:
     """Fit one BlockModel per chosen modality (+ clinical block when asked)."""
     available = {t["name"]: t for t in store.feature_tables()}
     names = opts.modalities or list(available)
@@ -80,8 +83,9 @@ def build_blocks(store: Store, opts: ClusterOptions) -> tuple[dict[str, BlockMod
     scores: dict[str, tuple[list[str], np.ndarray]] = {}
     for name in names:
         entry = available[name]
-        df = store.read(entry)
-        model = BlockModel(name=name, kind=entry["kind"]).fit(df, opts.features)
+        model = BlockModel(name=name, kind=entry["kind"])
+        df = _read_block(store, entry, model, opts.features)
+        model.fit(df, opts.features)
         s, _obs = model.transform_frame(df)
         models[name] = model
         scores[name] = (df["patient_id"].to_list(), s)
@@ -103,6 +107,31 @@ def build_blocks(store: Store, opts: ClusterOptions) -> tuple[dict[str, BlockMod
         models["clinical"] = model
         scores["clinical"] = (df["patient_id"].to_list(), model.transform_frame(df)[0])
     return models, scores
+
+
+K_IMPUTE = 10  # complete patients averaged to fill a missing block (recorded for assign)
+STREAM_MIN_VALUES = 50_000_000  # tables above this many cells are pre-filtered column-wise
+
+
+def _read_block(store: Store, entry: dict[str, Any], model: BlockModel,
+                settings: FeatureSettings) -> pl.DataFrame:
+    """The block's table; for big molecular tables only the columns that can be selected.
+
+    A streaming pass over column chunks applies the same missingness, constant and
+    top-variance filters as :meth:`BlockModel.fit`, so memory stays at one chunk plus the
+    selected columns instead of the whole patients x features matrix.
+    """
+    from cohortctl.features import prefilter_columns
+
+    path = store.verify(entry)
+    rows, cols = int(entry.get("rows") or 0), int(entry.get("columns") or 0)
+    if entry["kind"] != "molecular" or rows * cols <= STREAM_MIN_VALUES:
+        return store.read(entry)
+    keep, dropped, transform = prefilter_columns(path, settings)
+    model.prefiltered = dropped
+    if settings.transform == "auto":
+        model.forced_transform = transform
+    return store.read(entry, columns=["patient_id", *keep])
 
 
 def forbidden_columns(store: Store) -> dict[str, str]:
@@ -131,7 +160,7 @@ def cluster(store: Store, opts: ClusterOptions,
         raise UsageError("--bootstrap must be >= 0")
     with limit_threads(opts.threads):
         models, scores = build_blocks(store, opts)
-        integ = integrate(scores)
+        integ = integrate(scores, k_impute=K_IMPUTE)
         n = len(integ.patient_ids)
         if n < 6:
             raise InputDataError(f"only {n} patients with data: too few to find groups")
@@ -165,6 +194,7 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             Z, seed=opts.seed, bootstrap=opts.bootstrap, fixed_mcs=opts.min_cluster_size,
             n_neighbors=opts.n_neighbors, subsample=opts.subsample,
             max_subsample=opts.max_subsample, workers=_workers(opts.threads),
+            landmarks=opts.landmarks,
             progress=progress,
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
@@ -304,11 +334,13 @@ def _fill_run(tmp: Path, store: Store, name: str, assignments: pl.DataFrame,
     model_dir.mkdir()
     for m in models.values():
         m.save(model_dir)
-    space = pl.DataFrame({"patient_id": integ.patient_ids,
-                          **{f"dim{i + 1}": integ.matrix[:, i] for i in range(integ.matrix.shape[1])}})
+    dims = {f"dim{i + 1}": integ.matrix[:, i] for i in range(integ.matrix.shape[1])}
+    space = pl.DataFrame({"patient_id": integ.patient_ids, **dims})
     write_parquet(space, model_dir / "integrated.parquet")
     write_json({"blocks": list(models), "block_slices": integ.block_slices,
-                "clustered_space": "umap" if params["method"] in ("auto", "hdbscan") else "integrated",
+                "k_impute": K_IMPUTE,
+                "clustered_space": ("umap" if params["method"] in ("auto", "hdbscan")
+                                    else "integrated"),
                 "present": {b: int(m.sum()) for b, m in integ.present.items()},
                 "imputed_patients": integ.imputed_blocks},
                model_dir / "integration.json")

@@ -75,12 +75,20 @@ def _best_match(ref: np.ndarray, labels: np.ndarray) -> dict[int, int]:
 def coassociation(n: int, runs: Sequence[BootRun]) -> np.ndarray:
     """Consensus matrix: for each pair, the fraction of runs sampling both that put
     them in the same (assigned) cluster. Dense n x n: only for moderate n."""
-    together = np.zeros((n, n), dtype=np.float32)
-    sampled = np.zeros((n, n), dtype=np.float32)
-    for idx, labels in runs:
-        same = (labels[:, None] == labels[None, :]) & (labels[:, None] >= 0)
-        together[np.ix_(idx, idx)] += same
-        sampled[np.ix_(idx, idx)] += 1.0
+    # One-hot memberships of every run side by side: together = H H^T, sampled = S S^T.
+    # Entries are small integer counts, exact in float32 whatever the BLAS summation order.
+    n_cols = sum(int(labels.max()) + 1 for _idx, labels in runs if (labels >= 0).any())
+    H = np.zeros((n, max(n_cols, 1)), dtype=np.float32)
+    S = np.zeros((n, max(len(runs), 1)), dtype=np.float32)
+    col = 0
+    for r, (idx, labels) in enumerate(runs):
+        S[idx, r] = 1.0
+        ok = labels >= 0
+        if ok.any():
+            H[idx[ok], col + labels[ok]] = 1.0
+            col += int(labels.max()) + 1
+    together = H @ H.T
+    sampled = S @ S.T
     cons = np.divide(together, sampled, out=np.zeros_like(together), where=sampled > 0)
     np.fill_diagonal(cons, 1.0)
     return cons.astype(np.float64)
