@@ -28,6 +28,7 @@ from cohortctl.store import (
     STORE_FORMAT,
     atomic_directory,
     fsync_tree,
+    is_store,
     sha256_file,
     write_json,
     write_parquet,
@@ -112,7 +113,7 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
         _pseudonymise(tables, opts.pseudonym_key)
     overlap = _overlap(tables)
     _check_cohort_size(tables)
-    with atomic_directory(opts.out, force=opts.force) as tmp:
+    with atomic_directory(opts.out, force=opts.force, replace_only=is_store) as tmp:
         entries = [_write_table(t, tmp, opts.pseudonym_key) for t in tables]
         manifest = {
             "format": "cohortctl-store",

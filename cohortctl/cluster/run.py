@@ -315,7 +315,9 @@ def _write_run(store: Store, opts: ClusterOptions, assignments: pl.DataFrame,
         if (runs_dir / name).exists():
             continue
         try:
-            with atomic_directory(runs_dir / name) as tmp:
+            # Numbering and publishing under one lock: concurrent runs get distinct,
+            # ordered sequence numbers and never the same directory.
+            with store.run_lock(), atomic_directory(runs_dir / name) as tmp:
                 _fill_run(tmp, store, name, assignments, params, metrics, models, integ, result)
             return runs_dir / name
         except OutputError:
@@ -348,7 +350,7 @@ def _fill_run(tmp: Path, store: Store, name: str, assignments: pl.DataFrame,
         "format": "cohortctl-run",
         "format_version": RUN_FORMAT,
         "name": name,
-        "sequence": len(store.run_names()) + 1,
+        "sequence": store.next_sequence(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": manifest_files(tmp),
     }

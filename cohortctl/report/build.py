@@ -661,7 +661,7 @@ def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str
     if out_path is None:
         sys.stdout.write(text)
     else:
-        _atomic_write_text(out_path, text)
+        _atomic_write_text(out_path, text, force=force)
     if tables_dir is not None:
         write_tables(rep, tables_dir, force=force)
     return {"report": str(out) if out_path else "-", "format": fmt, "run": rep.data["run"],
@@ -677,50 +677,33 @@ def rep_to_json(rep: Report) -> dict[str, Any]:
     return to_jsonable(out)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    import tempfile
+def _atomic_write_text(path: Path, text: str, force: bool = False) -> None:
+    """Write via a temporary sibling renamed into place (a killed run leaves no report)."""
+    from cohortctl.store import atomic_file
 
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"{path}: directory {parent} does not exist")
+    with atomic_file(path, force=force) as tmp:
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _is_tables_dir(path: Path) -> bool:
+    """Only an empty directory or one holding report tables may be replaced by --force."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with _suppress():
-            os.unlink(tmp)
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _suppress() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
+        return all(p.suffix in (".tsv", ".parquet") for p in path.iterdir())
+    except OSError:
+        return False
 
 
 def write_tables(rep: Report, directory: Path, *, force: bool = False) -> None:
     """Every display table as TSV and every raw table as Parquet, written atomically."""
     from cohortctl.store import atomic_directory, write_parquet
 
-    with atomic_directory(directory, force=True) as tmp:
+    with atomic_directory(directory, force=True, replace_only=_is_tables_dir) as tmp:
         for name, table in rep.tables.items():
             table.write_csv(tmp / f"{name}.tsv", separator="\t")
         for name, table in rep.raw_tables.items():
