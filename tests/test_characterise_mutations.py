@@ -102,11 +102,12 @@ def test_frequencies_and_oncoprint(data) -> None:
     assert 9 not in res.frequencies["cluster"].to_list()
     assert "NONE" not in res.top_genes
     op = res.oncoprint
-    assert op.genes == res.top_genes and op.matrix.shape == (len(op.genes), 40 + 30 + 25 + 5)
-    assert sorted(set(op.column_clusters)) == [-1, 0, 1, 2]
+    # the 5 unassigned patients are withheld as the complement of the small cluster 9
+    assert op.genes == res.top_genes and op.matrix.shape == (len(op.genes), 40 + 30 + 25)
+    assert sorted(set(op.column_clusters)) == [0, 1, 2]
     cc = np.array(op.column_clusters)
     for gi, gene in enumerate(op.genes):
-        for k in (0, 1, 2, -1):
+        for k in (0, 1, 2):
             block = op.matrix[gi, cc == k]
             fr = res.frequencies.filter((pl.col("gene") == gene) & (pl.col("cluster") == k))
             if fr["n_mutated_suppressed"].item():

@@ -128,10 +128,11 @@ def test_identifier_like_and_free_text_columns_skipped(cohort) -> None:
 
 def test_fisher_for_sparse_2x2_and_level_only_in_suppressed_cluster() -> None:
     # Two clusters of 12 and 10, a binary column with small expected counts -> Fisher;
-    # a third cluster of 3 has the only "rare" level, which must not appear at all.
-    ids = [f"id{i}" for i in range(25)]
-    cl = [0] * 12 + [1] * 10 + [2] * 3
-    flag = ["yes"] * 1 + ["no"] * 11 + ["yes"] * 6 + ["no"] * 4 + ["rare"] * 3
+    # a third cluster of 3 has the only "rare" level, which must not appear at all. Five
+    # unassigned patients are withheld too (complementary: else 3 = total - the others).
+    ids = [f"id{i}" for i in range(30)]
+    cl = [0] * 12 + [1] * 10 + [2] * 3 + [-1] * 5
+    flag = ["yes"] * 1 + ["no"] * 11 + ["yes"] * 6 + ["no"] * 4 + ["rare"] * 3 + ["no"] * 5
     clinical = pl.DataFrame({"patient_id": ids, "flag": flag})
     labels = pl.DataFrame({"patient_id": ids, "cluster": cl})
     res = table_one(clinical, labels)

@@ -634,6 +634,13 @@ class ClusterLayout:
         ks, ns = np.unique(arr, return_counts=True)
         sizes = {int(k): int(n) for k, n in zip(ks, ns, strict=True)}
         small = small_clusters(sizes, min_cell)
+        if len(small) == 1 and len(sizes) > 1:
+            # The cohort total is public (cohort section), so one withheld size would be
+            # the total minus the others: withhold a second group too, the unassigned
+            # patients if any, else the smallest cluster.
+            others = sorted((k for k in sizes if k not in small),
+                            key=lambda k: (k != UNASSIGNED, sizes[k], k))
+            small = set(small) | {others[0]}
         assigned = sorted(k for k in sizes if k != UNASSIGNED and k not in small)
         shown = assigned + ([UNASSIGNED] if UNASSIGNED in sizes and UNASSIGNED not in small else [])
         return cls(sizes, shown, assigned, sorted(small), min_cell)
