@@ -282,6 +282,14 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
         embedding = umap_embed(Z, n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=seed,
                                    n_epochs=REFERENCE_EPOCHS)
         out = pending.get()
+        pool.close()
+        pool.join()
+    # Release the pool's semaphores now: the CLI exits without interpreter teardown, and
+    # multiprocessing's resource tracker would otherwise warn about them on stderr.
+    del pool, pending
+    import gc
+
+    gc.collect()
     return out, embedding
 
 
