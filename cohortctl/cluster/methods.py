@@ -32,7 +32,7 @@ from cohortctl.cluster.embed import umap_embed
 log = logging.getLogger("cohortctl")
 
 CONSENSUS_MAX = 4000
-LANDMARKS = 3000  # above this many patients, cluster landmarks and place the rest by kNN
+LANDMARKS = 2000  # above this many patients, cluster landmarks and place the rest by kNN
 UMAP_DIMS = 5
 REFERENCE_EPOCHS = 200  # full-cohort embedding; bootstrap embeddings use the same
 
