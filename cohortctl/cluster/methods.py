@@ -126,6 +126,46 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     return res
 
 
+ATTACH_CONSENSUS = 0.5  # majority of the runs that assigned the patient
+MIN_ASSIGNED_RATE = 0.2  # evidence needed: assigned in >= 20% of the runs sampling it
+
+
+def assigned_rate(n: int, runs: list[stability.BootRun]) -> np.ndarray:
+    """Per patient: the fraction of the bootstrap runs sampling it that assigned it."""
+    sampled = np.zeros(n)
+    assigned = np.zeros(n)
+    for idx, labels in runs:
+        sampled[idx] += 1
+        assigned[idx] += labels >= 0
+    return np.divide(assigned, sampled, out=np.zeros(n), where=sampled > 0)
+
+
+def attach_consensus_noise(labels: np.ndarray, cons: np.ndarray, rate: np.ndarray,
+                           threshold: float = ATTACH_CONSENSUS,
+                           min_rate: float = MIN_ASSIGNED_RATE) -> np.ndarray:
+    """Give an HDBSCAN outlier the cluster the bootstraps place it in, when they agree.
+
+    HDBSCAN leaves density fringes unassigned even when the bootstrap runs agree where
+    those patients belong. A patient joins cluster c when, over the runs that assigned it
+    at all (at least ``min_rate`` of the runs that sampled it), it shared a cluster with
+    c's members in at least ``threshold`` of them (mean consensus with c divided by its
+    assignment rate). Others stay unassigned (-1).
+    """
+    noise = np.flatnonzero(labels < 0)
+    clusters = np.unique(labels[labels >= 0])
+    if noise.size == 0 or clusters.size == 0:
+        return labels
+    aff = np.column_stack([cons[np.ix_(noise, np.flatnonzero(labels == c))].mean(axis=1)
+                           for c in clusters])
+    r = rate[noise]
+    share = np.divide(aff, r[:, None], out=np.zeros_like(aff), where=r[:, None] > 0)
+    best = np.argmax(share, axis=1)
+    ok = (share[np.arange(noise.size), best] >= threshold) & (r >= min_rate)
+    out = labels.copy()
+    out[noise[ok]] = clusters[best[ok]]
+    return out
+
+
 def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, query: np.ndarray,
              k: int = 15, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
     """Label of each query point by a distance-weighted vote of its k nearest references.
@@ -181,6 +221,7 @@ def _auto_core(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | Non
         if use_consensus:
             cons = stability.coassociation(n, runs_by_mcs[m])
             labels, prob = _hdbscan(1.0 - cons, m, precomputed=True)
+            labels = attach_consensus_noise(labels, cons, assigned_rate(n, runs_by_mcs[m]))
         else:
             labels, prob = _hdbscan(embedding, m)
         k = int(labels.max() + 1)
@@ -212,7 +253,7 @@ def _boot_one(task: tuple[np.ndarray, int]) -> dict[int, np.ndarray]:
     idx, run_seed = task
     emb = umap_embed(Z[idx], n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=run_seed,
                      n_epochs=200)
-    return {m: _hdbscan(emb, m)[0] for m in candidates}
+    return {m: _hdbscan(emb, m, min_samples=max(1, m // 2))[0] for m in candidates}
 
 
 def _worker_init(Z: np.ndarray, candidates: list[int], n_neighbors: int) -> None:
