@@ -9,8 +9,8 @@
   the final partition is HDBSCAN (min_samples = half the cluster size) on the consensus
   distance (1 - co-clustering frequency), which is far less sensitive to one embedding's
   randomness. Cohorts above ``LANDMARKS`` patients are clustered on that many random
-  landmark patients; the others are placed by a weighted vote of their 15 nearest landmarks
-  in the integrated space.
+  landmark patients; the others are placed by a weighted vote of their 15 nearest assigned
+  landmarks in the integrated space (unassigned without a majority).
 * ``kmeans``, ``ward``, ``spectral``, ``snf``: K chosen over ``--k-range`` by the mean
   silhouette (default) or by PAC of the bootstrap consensus (``--k-criterion pac``).
 """
@@ -110,13 +110,27 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
                       max_subsample=max_subsample, workers=workers, progress=progress)
     if progress:
         progress(f"placing {n - landmarks} patients by their nearest landmarks")
-    labels, conf = knn_vote(Z[marks], core.labels, core.confidence, Z)
-    labels[marks], conf[marks] = core.labels, core.confidence
+    # Non-landmarks are placed by the assigned landmarks; without a majority (half the
+    # vote) for one cluster they stay unassigned, like HDBSCAN's outliers. Unassigned
+    # landmarks get the same rule as everyone else.
+    ok = core.labels >= 0
+    if ok.any():
+        labels, conf, share = knn_vote(Z[marks][ok], core.labels[ok], core.confidence[ok], Z)
+        labels[share < VOTE_MAJORITY] = -1
+        labels[marks], conf[marks] = core.labels, core.confidence
+        if (~ok).any():
+            lone = marks[~ok]
+            l2, c2, s2 = knn_vote(Z[marks][ok], core.labels[ok], core.confidence[ok], Z[lone])
+            take = s2 >= VOTE_MAJORITY
+            labels[lone[take]], conf[lone[take]] = l2[take], c2[take]
+    else:
+        labels, conf, _share = knn_vote(Z[marks], core.labels, core.confidence, Z)
+        labels[marks], conf[marks] = core.labels, core.confidence
     nearest = labels.copy()
     if (labels < 0).any():
-        nl, _ = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
+        nl, _c, _s = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
         nearest[labels < 0] = nl
-    nearest[marks] = core.nearest
+    nearest[marks] = np.where(labels[marks] >= 0, labels[marks], core.nearest)
     runs = [(marks[idx], lab) for idx, lab in core.runs]
     res = ClusterResult(labels=labels, confidence=np.round(conf, 6), nearest=nearest,
                         embedding=Z, scores=core.scores, stability=core.stability,
@@ -166,12 +180,16 @@ def attach_consensus_noise(labels: np.ndarray, cons: np.ndarray, rate: np.ndarra
     return out
 
 
+VOTE_MAJORITY = 0.5
+
+
 def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, query: np.ndarray,
-             k: int = 15, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+             k: int = 15, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label of each query point by a distance-weighted vote of its k nearest references.
 
     Unassigned references (-1) vote too, so a query among noise stays unassigned.
-    Confidence = winning vote share x mean confidence of the winning voters.
+    Confidence = winning vote share x mean confidence of the winning voters. Returns the
+    labels, confidences and winning vote shares.
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -180,6 +198,7 @@ def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, quer
     classes = np.unique(ref_labels)
     out_l = np.empty(query.shape[0], dtype=np.int64)
     out_c = np.empty(query.shape[0], dtype=np.float64)
+    out_s = np.empty(query.shape[0], dtype=np.float64)
     for s0 in range(0, query.shape[0], chunk):
         d, idx = nn.kneighbors(query[s0:s0 + chunk])
         w = 1.0 / (d + 1e-9 + 0.1 * np.median(d[:, :1]))
@@ -191,7 +210,8 @@ def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, quer
         mean_conf = (ref_conf[idx] * winners).sum(axis=1) / np.maximum(winners.sum(axis=1), 1)
         out_l[s0:s0 + chunk] = classes[best]
         out_c[s0:s0 + chunk] = share * mean_conf
-    return out_l, out_c
+        out_s[s0:s0 + chunk] = share
+    return out_l, out_c, out_s
 
 
 def _auto_core(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,

@@ -86,9 +86,10 @@ def build_blocks(store: Store, opts: ClusterOptions) -> tuple[dict[str, BlockMod
         model = BlockModel(name=name, kind=entry["kind"])
         df = _read_block(store, entry, model, opts.features)
         model.fit(df, opts.features)
-        s, _obs = model.transform_frame(df)
+        s, _obs = model.fit_scores
         models[name] = model
         scores[name] = (df["patient_id"].to_list(), s)
+        del df
     if opts.with_clinical:
         clin = store.clinical()
         if clin is None:
