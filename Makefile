@@ -57,7 +57,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check cohortctl tests bench
 
 bench: $(STAMP)
-	@# The bench extra (scanpy, leidenalg, igraph, psutil), once per pyproject.toml version;
+	@# The bench extra (scanpy, leidenalg, igraph), once per pyproject.toml version;
 	@# bench/run.py installs R's ConsensusClusterPlus from Debian's packages when root.
 	@test -f $(subst .installed-,.bench-installed-,$(STAMP)) || { \
 	  $(BIN)/python -m pip install --quiet -e '.[bench]' && rm -f $(VENV)/.bench-installed-* \

@@ -607,6 +607,14 @@ def _batches(pf: pq.ParquetFile, source: Path, batch_rows: int | None, features:
         if batch_rows is None:
             yield readers.arrow_to_polars(pf.read(columns=features), source)
             return
+        md = pf.metadata
+        groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+        if groups and max(groups) <= 2 * batch_rows:
+            # Row group by row group: pyarrow's iter_batches keeps decoded buffers alive
+            # across batches on wide tables (measured: +300 MB per batch at 20,000 columns).
+            for i in range(md.num_row_groups):
+                yield readers.arrow_to_polars(pf.read_row_group(i, columns=features), source)
+            return
         for batch in pf.iter_batches(batch_size=batch_rows, columns=features):
             yield readers.arrow_to_polars(batch, source)
     except (OSError, pa.ArrowException, ValueError) as exc:

@@ -279,7 +279,10 @@ def _metrics(result: methods.ClusterResult, labels: np.ndarray, integ: Integrate
     assigned = labels >= 0
     sil = None
     if len(set(labels[assigned])) > 1 and assigned.sum() > len(set(labels[assigned])):
-        sil = float(silhouette_score(result.embedding[assigned], labels[assigned]))
+        # Exact up to 10,000 patients; a fixed-seed sample of 10,000 above (it is O(n^2)).
+        sample = 10_000 if int(assigned.sum()) > 10_000 else None
+        sil = float(silhouette_score(result.embedding[assigned], labels[assigned],
+                                     sample_size=sample, random_state=0))
     sizes = {int(c): int((labels == c).sum()) for c in np.unique(labels) if c >= 0}
     conf = {int(c): round(float(result.confidence[labels == c].mean()), 6) for c in sizes}
     return {
