@@ -397,7 +397,7 @@ def _group_gone(pgid: int, timeout: float = 10) -> bool:
 
 # -- concurrency ----------------------------------------------------------------------
 def test_concurrent_cluster_runs(store: Path, tmp_path: Path) -> None:
-    """Four runs with one seed published at the same instant. Two with default names: both
+    """Four runs with one seed published at (nearly) the same instant. Two with default names: both
     succeed into distinct complete runs with identical assignments (a same-second name
     clash gets a '-2' suffix). Two racing for one --run name: one wins, the other exits 73
     with one line. Nothing partial is left."""
@@ -407,7 +407,13 @@ def test_concurrent_cluster_runs(store: Path, tmp_path: Path) -> None:
     procs = [subprocess.Popen([*cli(), "-q", "cluster", str(store), *args],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for args in argsets]
-    wait_ready(tmp_path, procs)
+    # Publication is serialised by the run lock: the first writer pauses at the
+    # publication point while holding it and the others queue behind it. Release it once
+    # it is there; everyone then publishes in turn.
+    end = time.time() + 120
+    while not any(p.name.startswith("ready.") for p in tmp_path.iterdir()):
+        assert time.time() < end, "no writer reached the publication point"
+        time.sleep(0.02)
     (tmp_path / "go").touch()
     results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
     for _out, err, rc in results[:2]:
