@@ -136,7 +136,8 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
                         embedding=Z, scores=core.scores, stability=core.stability,
                         consensus=core.consensus, runs=runs)
     res.chosen = dict(core.chosen, landmarks=landmarks,
-                      placement="weighted vote of the 15 nearest landmarks")
+                      placement="weighted vote of the 15 nearest assigned landmarks; "
+                                "unassigned without a majority")
     return res
 
 
