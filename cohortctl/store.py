@@ -536,8 +536,10 @@ class Store:
             raise InputDataError(f"{path}: checksum mismatch (store modified or corrupt)")
         return path
 
-    def read(self, entry: dict[str, Any], columns: list[str] | None = None) -> pl.DataFrame:
-        path = self.verify(entry)
+    def read(self, entry: dict[str, Any], columns: list[str] | None = None, *,
+             verified: bool = False) -> pl.DataFrame:
+        """The table of ``entry`` (checksum verified unless the caller just did)."""
+        path = self.table_path(entry) if verified else self.verify(entry)
         try:
             return pl.read_parquet(path, columns=columns)
         except Exception as exc:  # noqa: BLE001 - any decode failure is corrupt data

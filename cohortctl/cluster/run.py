@@ -124,15 +124,15 @@ def _read_block(store: Store, entry: dict[str, Any], model: BlockModel,
     """
     from cohortctl.features import prefilter_columns
 
-    path = store.verify(entry)
     rows, cols = int(entry.get("rows") or 0), int(entry.get("columns") or 0)
     if entry["kind"] != "molecular" or rows * cols <= STREAM_MIN_VALUES:
         return store.read(entry)
+    path = store.verify(entry)  # once: the pre-filter pass and the read below share it
     keep, dropped, transform = prefilter_columns(path, settings)
     model.prefiltered = dropped
     if settings.transform == "auto":
         model.forced_transform = transform
-    return store.read(entry, columns=["patient_id", *keep])
+    return store.read(entry, columns=["patient_id", *keep], verified=True)
 
 
 def forbidden_columns(store: Store) -> dict[str, str]:
