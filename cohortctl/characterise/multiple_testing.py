@@ -150,6 +150,21 @@ def publish_test(
     return result
 
 
+def publish_family(results: list[dict]) -> None:
+    """BH q-values over one family of test dicts, then the publication rule on each.
+
+    Each dict has ``p`` (``None`` when not testable) and ``_coarsen`` (its p must be
+    coarsened); ``_coarsen`` is consumed, ``q`` set, and :func:`publish_test` applied with
+    the q-values that would reveal a coarsened p (:func:`coarsen_flags_for_q`) coarsened.
+    """
+    pv = [r["p"] if r["p"] is not None else np.nan for r in results]
+    q = bh_qvalues(pv)
+    q_leak = coarsen_flags_for_q(pv, [r["_coarsen"] for r in results])
+    for r, qq, ql in zip(results, q, q_leak, strict=True):
+        r["q"] = float(qq) if np.isfinite(qq) else None
+        publish_test(r, r.pop("_coarsen"), coarsen_q=bool(ql))
+
+
 def display_p(result: dict, key: str = "p") -> str:
     """Display string of ``result[key]`` honouring :func:`publish_test` coarsening."""
     if result.get(f"{key}_coarsened"):

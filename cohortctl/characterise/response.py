@@ -33,9 +33,9 @@ from statsmodels.tools.sm_exceptions import (
 
 from cohortctl.characterise.multiple_testing import (
     bh_qvalues,
-    coarsen_flags_for_q,
     display_p,
     format_p,
+    publish_family,
     publish_test,
 )
 from cohortctl.characterise.privacy import (
@@ -464,12 +464,7 @@ def response_by_cluster(
                 "response rate (95% CI)": SUPPRESSED_CLUSTER,
             }
         )
-    pv = [t["p"] if t["p"] is not None else np.nan for t in treat_raw]
-    q = bh_qvalues(pv)
-    q_leak = coarsen_flags_for_q(pv, [t["_coarsen"] for t in treat_raw])
-    for t, qq, ql in zip(treat_raw, q, q_leak, strict=True):
-        t["q"] = float(qq) if np.isfinite(qq) else None
-        publish_test(t, t.pop("_coarsen"), coarsen_q=bool(ql))
+    publish_family(treat_raw)
     tests = pl.DataFrame(
         [
             {
@@ -503,12 +498,7 @@ def response_by_cluster(
                 "_coarsen": bool(any_sup[present, j].any()),
             }
         )
-    pv = [b["p"] if b["p"] is not None else np.nan for b in by_cluster]
-    q = bh_qvalues(pv)
-    q_leak = coarsen_flags_for_q(pv, [b["_coarsen"] for b in by_cluster])
-    for b, qq, ql in zip(by_cluster, q, q_leak, strict=True):
-        b["q"] = float(qq) if np.isfinite(qq) else None
-        publish_test(b, b.pop("_coarsen"), coarsen_q=bool(ql))
+    publish_family(by_cluster)
     cluster_tests = pl.DataFrame(
         [
             {

@@ -29,10 +29,8 @@ import polars as pl
 from scipy import stats
 
 from cohortctl.characterise.multiple_testing import (
-    bh_qvalues,
-    coarsen_flags_for_q,
     display_p,
-    publish_test,
+    publish_family,
 )
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
@@ -422,13 +420,9 @@ def table_one(
         variables.append(var)
         first_rows.append(first)
 
-    pv = [v["p"] if v["p"] is not None else np.nan for v in variables]
-    q = bh_qvalues(pv)
-    q_leak = coarsen_flags_for_q(pv, [v["_coarsen"] for v in variables])
+    publish_family(variables)
     coarsened = []
-    for v, qq, r, ql in zip(variables, q, first_rows, q_leak, strict=True):
-        v["q"] = float(qq) if np.isfinite(qq) else None
-        publish_test(v, v.pop("_coarsen"), coarsen_q=bool(ql))
+    for v, r in zip(variables, first_rows, strict=True):
         if v["p_coarsened"] or v["q_coarsened"]:
             coarsened.append(v["variable"])
         if v["test"] is None:
