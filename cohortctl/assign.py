@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from cohortctl.errors import InputDataError, OutputError, UsageError
+from cohortctl.errors import InputDataError, OutputError, UsageError, raise_if_interrupted
 from cohortctl.features import BlockModel, impute_missing_blocks
 from cohortctl.io.readers import TableSpec
 from cohortctl.store import Store, verify_run
@@ -529,6 +529,7 @@ def _write_atomic(table: pl.DataFrame, out: Path, force: bool, summary: dict[str
             os.fsync(fd)
         finally:
             os.close(fd)
+        raise_if_interrupted()
         if force:
             os.replace(tmp, out)
         else:

@@ -25,6 +25,9 @@ from cohortctl.errors import (
     CohortError,
     InputMissingError,
     UsageError,
+    install_interrupt_handler,
+    interrupted,
+    raise_if_interrupted,
 )
 
 EXIT_HELP = "Exit statuses: " + "; ".join(f"{k} {v}" for k, v in sorted(EXIT_TABLE.items()))
@@ -85,22 +88,23 @@ def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
     def wrapper(*args: Any, **kwargs: Any) -> None:
         try:
             fn(*args, **kwargs)
-        except CohortError as exc:
-            _error(str(exc))
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            _error("interrupted")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        except BrokenPipeError:
-            raise typer.Exit(0) from None
-        except MemoryError:
-            _error("out of memory (try fewer features: --top-features, or fewer --bootstrap)")
-            raise typer.Exit(EXIT_INTERNAL) from None
-        except typer.Exit:
+            raise_if_interrupted()  # a Ctrl-C that a library's finaliser swallowed
+        except (typer.Exit, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # includes polars' PanicException (not an Exception)
-            if isinstance(exc, (SystemExit, GeneratorExit)):
-                raise
+            if isinstance(exc, KeyboardInterrupt) or interrupted():
+                # Whatever failed after a Ctrl-C (a worker pool whose processes got the
+                # same signal, say) failed because of it.
+                _error("interrupted")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            if isinstance(exc, CohortError):
+                _error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+            if isinstance(exc, BrokenPipeError):
+                raise typer.Exit(0) from None
+            if isinstance(exc, MemoryError):
+                _error("out of memory (try fewer features: --top-features, or fewer --bootstrap)")
+                raise typer.Exit(EXIT_INTERNAL) from None
             if _STATE["debug"]:
                 raise
             _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
@@ -387,6 +391,7 @@ def simulate(
 # -- entry point ------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (usage errors: 2, from typer)."""
+    restore = install_interrupt_handler()
     try:
         app(args=argv, prog_name="cohortctl")
     except SystemExit as exc:
@@ -395,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
+    finally:
+        restore()
     return 0
 
 

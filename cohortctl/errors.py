@@ -15,6 +15,8 @@ Exit statuses (also in README and ``cohortctl --help``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -66,3 +68,59 @@ class OutputError(CohortError):
     """The output cannot be created."""
 
     exit_code = EXIT_CANTCREAT
+
+
+# -- Ctrl-C that a library swallowed ----------------------------------------------------
+# Python raises KeyboardInterrupt wherever the main thread happens to be. When that is a
+# finaliser (numba/llvmlite ``__del__``) the exception is printed as "ignored" and lost,
+# and the command would go on to publish its output and exit 0. The CLI's handler
+# therefore also records the interrupt; every publish step calls ``raise_if_interrupted``
+# before making its output visible.
+_INTERRUPTED = {"flag": False}
+
+
+def install_interrupt_handler() -> Callable[[], None]:
+    """Record SIGINT as well as raising KeyboardInterrupt (main thread only).
+
+    Returns a function that puts the previous handler back (for in-process callers).
+    """
+    import signal
+    import sys
+    import threading
+
+    _INTERRUPTED["flag"] = False
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def _on_sigint(_signum: int, _frame: object) -> None:
+        _INTERRUPTED["flag"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    previous_hook = sys.unraisablehook
+
+    def _quiet_interrupt(unraisable: sys.UnraisableHookArgs) -> None:
+        # The interrupt is recorded above; Python's "Exception ignored in ..." traceback
+        # would only break the one-line error contract.
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = _quiet_interrupt
+
+    def restore() -> None:
+        sys.unraisablehook = previous_hook
+        if previous is not None:  # None: installed outside Python, nothing to put back
+            signal.signal(signal.SIGINT, previous)
+
+    return restore
+
+
+def interrupted() -> bool:
+    """True once SIGINT arrived in this command, even if its exception was swallowed."""
+    return _INTERRUPTED["flag"]
+
+
+def raise_if_interrupted() -> None:
+    """Refuse to publish output after an interrupt that some library swallowed."""
+    if _INTERRUPTED["flag"]:
+        raise KeyboardInterrupt

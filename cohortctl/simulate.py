@@ -42,6 +42,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from cohortctl.errors import raise_if_interrupted
+
 __all__ = ["SimulationResult", "simulate_cohort"]
 
 FORMATS = ("parquet", "csv")
@@ -184,6 +186,11 @@ def _atomic(final: Path) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        raise_if_interrupted()
+    except KeyboardInterrupt:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)

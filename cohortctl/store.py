@@ -37,7 +37,12 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from cohortctl import __version__
-from cohortctl.errors import InputDataError, InputMissingError, OutputError
+from cohortctl.errors import (
+    InputDataError,
+    InputMissingError,
+    OutputError,
+    raise_if_interrupted,
+)
 
 STORE_FORMAT = 1
 RUN_FORMAT = 1
@@ -402,6 +407,7 @@ def atomic_file(final: Path, *, force: bool = False) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            raise_if_interrupted()
             fd2 = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd2)
@@ -428,6 +434,7 @@ def atomic_file(final: Path, *, force: bool = False) -> Iterator[Path]:
 
 def _publish(tmp: Path, final: Path, parent: Path, force: bool,
              replace_only: Callable[[Path], bool] | None) -> None:
+    raise_if_interrupted()
     try:
         with dir_lock(parent):
             if not os.path.lexists(final):

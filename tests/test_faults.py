@@ -382,6 +382,33 @@ def test_sigint_cluster_cleans_up(store: Path, tmp_path: Path) -> None:
     assert set(Store.open(store).run_names()) == set(earlier)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_swallowed_interrupt_still_refuses_to_publish(tmp_path: Path) -> None:
+    """A Ctrl-C that lands in a finaliser is printed as "ignored" by Python and lost (seen
+    in CI inside numba's ``__del__``). The recorded interrupt must still stop publication."""
+    from cohortctl.errors import install_interrupt_handler, interrupted
+    from cohortctl.store import atomic_file
+
+    class InterruptedWhileFinalised:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # the handler runs here, inside __del__: exception ignored
+
+    restore = install_interrupt_handler()
+    try:
+        obj = InterruptedWhileFinalised()
+        del obj  # swallowed: execution simply continues
+        assert interrupted()
+        final = tmp_path / "out.json"
+        with pytest.raises(KeyboardInterrupt), atomic_file(final) as tmp:
+            tmp.write_text("{}")
+        assert not final.exists()
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        restore()
+        install_interrupt_handler()()  # reset the flag for later in-process tests
+
+
 def _group_gone(pgid: int, timeout: float = 10) -> bool:
     end = time.time() + timeout
     while time.time() < end:
