@@ -218,6 +218,7 @@ def cluster(
     top_features: Annotated[int, typer.Option(help="Most variable features kept per molecular table.")] = 2000,
     max_missing: Annotated[float, typer.Option(help="Drop features missing in more than this fraction.")] = 0.2,
     min_mutated: Annotated[int | None, typer.Option(help="Genes mutated in fewer patients are dropped (default max(3, 1%)).")] = None,
+    components: Annotated[str, typer.Option(help="PCA components per table: 'noise' (those above a permutation noise floor) or 'variance' (up to 80% of the variance; keeps structure carried by single features).")] = "noise",
     seed: Annotated[int, typer.Option(help="Random seed: same inputs + seed = same output.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Subsample re-clusterings for stability.")] = 30,
     assign_noise: Annotated[bool, typer.Option(help="Attach unassigned patients to their nearest cluster.")] = False,
@@ -237,13 +238,15 @@ def cluster(
         raise UsageError("--max-missing must be in [0, 1)")
     if top_features < 1 or n_neighbors < 2:
         raise UsageError("--top-features must be >= 1 and --n-neighbors >= 2")
+    if components not in ("noise", "variance"):
+        raise UsageError("--components must be noise or variance")
     opts = ClusterOptions(
         modalities=_split(modalities), with_clinical=_split(with_clinical) or [],
         method=method, k=k, k_range=parse_k_range(k_range), k_criterion=k_criterion,
         min_cluster_size=min_cluster_size, n_neighbors=n_neighbors, seed=seed,
         bootstrap=bootstrap, assign_noise=assign_noise, run=run, threads=threads,
         features=FeatureSettings(max_missing=max_missing, top_features=top_features,
-                                 min_mutated=min_mutated),
+                                 min_mutated=min_mutated, components=components),
     )
     st = Store.open(_store_arg(store))
     path = run_cluster(st, opts, progress=_progress())

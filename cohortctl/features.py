@@ -13,7 +13,9 @@ Per block (documented in docs/methods.md):
    genetic: keep genes mutated in at least ``min_mutated`` patients (default
    ``max(3, 1% of patients)``);
 4. impute (median for continuous, mode for binary) and standardise;
-5. PCA keeping the components that explain ``variance`` (default 80%, at most 50);
+5. PCA keeping the components above the noise floor found by parallel analysis (at
+   most 50; ``components="variance"``, and clinical blocks always, keep those explaining
+   ``variance`` instead);
 6. MFA weighting: the block's scores are divided by its first singular value, so that
    no modality dominates because it has more features.
 """
@@ -42,6 +44,7 @@ class FeatureSettings:
     min_mutated: int | None = None
     variance: float = 0.8
     max_components: int = 50
+    components: str = "noise"  # noise (parallel analysis) | variance (to ``variance``)
     transform: str = "auto"  # auto | none | mvalue | log1p
 
 
@@ -136,19 +139,19 @@ class BlockModel:
         return self
 
     def _fit_pca(self, Xs: np.ndarray, settings: FeatureSettings) -> None:
-        from sklearn.utils.extmath import randomized_svd
-
         n, p = Xs.shape
         kmax = max(1, min(settings.max_components, n - 1, p))
-        if min(n, p) <= 1000:
-            _u, s, vt = np.linalg.svd(Xs, full_matrices=False)
-        else:
-            _u, s, vt = randomized_svd(Xs, n_components=kmax, random_state=0, n_iter=6)
+        s, vt = _top_singular(Xs, kmax)
         vt = _fix_signs(vt)
         flat = Xs.reshape(-1)
         total = float(np.dot(flat, flat))
         ratio = (s**2) / total if total > 0 else np.zeros_like(s)
-        k = int(np.searchsorted(np.cumsum(ratio), settings.variance) + 1)
+        # Clinical inputs are variables the user named one by one: each may carry a group on
+        # its own, which a permutation test (correlation structure only) cannot see.
+        if settings.components == "variance" or self.kind == "clinical":
+            k = int(np.searchsorted(np.cumsum(ratio), settings.variance) + 1)
+        else:
+            k = components_above_noise(Xs, kmax)
         k = max(1, min(k, kmax))
         self.components = vt[:k]
         self.explained_variance_ratio = ratio[:k].tolist()
@@ -221,6 +224,55 @@ class BlockModel:
         model = cls(**meta)
         model.components = comp.drop("feature").to_numpy().T.copy()
         return model
+
+
+def _top_singular(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``k`` singular values and right singular vectors (exact when small)."""
+    if min(X.shape) <= 1000:
+        _u, s, vt = np.linalg.svd(X, full_matrices=False)
+        return s[:k], vt[:k]
+    from sklearn.utils.extmath import randomized_svd
+
+    _u, s, vt = randomized_svd(X, n_components=k, random_state=0, n_iter=6)
+    return s, vt
+
+
+NOISE_ROWS = 5000  # patients used by the parallel analysis (a fixed random subset)
+NOISE_PERMUTATIONS = 5
+NOISE_QUANTILE = 0.95
+
+
+def components_above_noise(Xs: np.ndarray, kmax: int) -> int:
+    """How many principal components stand above noise (parallel analysis, max-null).
+
+    Every column is permuted independently, which keeps each feature's distribution
+    (a mutation's frequency, a gene's skew) and destroys only the structure between
+    features. Components are kept while their eigenvalue exceeds the 95th percentile of the
+    *largest* eigenvalue of the permuted copies: once the real structure is taken out, what
+    remains is a noise bulk whose top is that largest null eigenvalue (comparing the k-th
+    with the k-th null eigenvalue, Horn's original rule, keeps the top of the bulk too).
+    Components past that point are noise: with equal block weighting they add distance
+    that carries no grouping, and a sparse mutation block has dozens of them. Above
+    ``NOISE_ROWS`` patients the observed and permuted spectra both come from the same
+    fixed random subset, so the comparison stays like-for-like and the cost bounded.
+    """
+    rng = np.random.default_rng(0)
+    n = Xs.shape[0]
+    sub = Xs[np.sort(rng.choice(n, NOISE_ROWS, replace=False))] if n > NOISE_ROWS else Xs
+    kmax = max(1, min(kmax, sub.shape[0] - 1, sub.shape[1]))
+    observed = _singular_values(sub, kmax)
+    null_top = [_singular_values(rng.permuted(sub, axis=0), min(kmax, 5))[0]
+                for _ in range(NOISE_PERMUTATIONS)]
+    above = observed > np.quantile(null_top, NOISE_QUANTILE)
+    return int(kmax if above.all() else np.argmin(above))
+
+
+def _singular_values(X: np.ndarray, k: int) -> np.ndarray:
+    if min(X.shape) <= 1000:
+        return np.linalg.svd(X, compute_uv=False)[:k]
+    from sklearn.utils.extmath import randomized_svd
+
+    return randomized_svd(X, n_components=k, random_state=0, n_iter=6)[1]
 
 
 def _to_numpy(df: pl.DataFrame) -> np.ndarray:

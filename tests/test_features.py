@@ -8,7 +8,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from cohortctl.features import BlockModel, FeatureSettings, prefilter_columns
+from cohortctl.features import (
+    BlockModel,
+    FeatureSettings,
+    components_above_noise,
+    prefilter_columns,
+)
 
 
 @pytest.mark.parametrize("kind", ["expression", "methylation", "counts"])
@@ -34,3 +39,34 @@ def test_streaming_prefilter_matches_in_memory_fit(tmp_path: Path, kind: str) ->
     assert transform == full.transform
     assert keep == full.features
     assert dropped == {k: full.dropped.get(k, 0) for k in dropped}
+
+
+def test_parallel_analysis_finds_planted_rank() -> None:
+    """Components above the permutation noise floor: the planted rank, not an 80%-variance
+    count of noise components."""
+    rng = np.random.default_rng(0)
+    n, p, rank = 600, 300, 3
+    signal = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, p)) * 0.4
+    X = signal + rng.normal(size=(n, p))
+    X = (X - X.mean(0)) / X.std(0)
+    assert components_above_noise(X, 50) == rank
+    noise = rng.normal(size=(n, p))
+    assert components_above_noise((noise - noise.mean(0)) / noise.std(0), 50) == 0
+    # Sparse binary (mutation-like) block with 4 groups: 3 between-group directions.
+    groups = rng.integers(0, 4, n)
+    freq = np.full((4, 120), 0.03)
+    for g in range(4):
+        freq[g, g * 10:(g + 1) * 10] = 0.5
+    M = (rng.random((n, 120)) < freq[groups]).astype(float)
+    M = (M - M.mean(0)) / M.std(0)
+    assert components_above_noise(M, 50) == 3
+
+
+def test_block_keeps_at_least_one_component_of_pure_noise() -> None:
+    rng = np.random.default_rng(3)
+    df = pl.DataFrame({"patient_id": [f"P{i}" for i in range(80)],
+                       **{f"g{j}": rng.normal(size=80) for j in range(30)}})
+    m = BlockModel("noise", "molecular").fit(df, FeatureSettings())
+    assert m.components is not None and m.components.shape[0] == 1
+    m2 = BlockModel("noise", "molecular").fit(df, FeatureSettings(components="variance"))
+    assert m2.components is not None and m2.components.shape[0] > 10
