@@ -30,3 +30,51 @@ def test_knn_vote_majority_and_shares() -> None:
     assert lab.tolist() == [0, 1]
     assert share[0] == 1.0 and 0.5 < share[1] < 1.0
     assert np.allclose(conf, share)
+
+
+def test_missing_modality_patients_do_not_shape_the_groups() -> None:
+    """Patients with imputed (bridging) scores are placed, never used as landmarks."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 6, size=(3, 8))
+    truth = rng.integers(0, 3, size=900)
+    Z = centres[truth] + rng.normal(0, 1, size=(900, 8))
+    complete = np.ones(900, dtype=bool)
+    complete[rng.choice(900, 150, replace=False)] = False
+    # What a block average does to a patient: pulled towards the middle of the groups.
+    Z[~complete] = 0.5 * Z[~complete] + 0.5 * centres.mean(axis=0)
+    res = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15,
+                       subsample=0.8, max_subsample=3000, workers=1, landmarks=2000,
+                       complete=complete)
+    assert res.chosen["landmark_pool"] == "patients with every modality"
+    assert res.chosen["landmarks"] == 750
+    sampled = np.unique(np.concatenate([idx for idx, _lab in res.runs]))
+    assert complete[sampled].all()
+    assert adjusted_rand_score(truth[complete], res.labels[complete]) > 0.95
+    # A small complete minority is not enough to define the groups alone.
+    few = np.zeros(900, dtype=bool)
+    few[:20] = True
+    res2 = auto_cluster(Z, seed=0, bootstrap=4, fixed_mcs=None, n_neighbors=15,
+                        subsample=0.8, max_subsample=3000, workers=1, landmarks=2000,
+                        complete=few)
+    assert "landmark_pool" not in res2.chosen
+
+
+def test_unstable_patients_are_re_placed_by_stable_neighbours() -> None:
+    from cohortctl.cluster.methods import place_unstable
+
+    rng = np.random.default_rng(2)
+    Z = np.vstack([rng.normal(0, 1, (60, 4)), rng.normal(8, 1, (60, 4))])
+    labels = np.repeat([0, 1], 60)
+    conf = np.ones(120)
+    labels[[3, 70]] = [1, 0]  # two patients put in the wrong group by an unstable layout
+    conf[[3, 70]] = 0.4
+    out = place_unstable(Z, labels, conf)
+    assert out is not None
+    assert out[3] == 0 and out[70] == 1
+    assert np.array_equal(np.delete(out, [3, 70]), np.delete(labels, [3, 70]))
+    # A stable wrong-looking patient is left alone: the bootstraps agreed on it.
+    conf[[3, 70]] = 1.0
+    assert place_unstable(Z, labels, conf) is None
+    # Too few stable members in a group: keep the consensus labels.
+    conf[:58] = 0.1
+    assert place_unstable(Z, labels, conf) is None

@@ -32,6 +32,7 @@ from cohortctl.cluster.embed import umap_embed
 log = logging.getLogger("cohortctl")
 
 CONSENSUS_MAX = 4000
+MIN_CORE = 30  # fewest complete patients worth clustering on their own
 LANDMARKS = 2000  # above this many patients, cluster landmarks and place the rest by kNN
 UMAP_DIMS = 5
 REFERENCE_EPOCHS = 200  # full-cohort embedding; bootstrap embeddings use the same
@@ -86,7 +87,7 @@ def mcs_candidates(n: int, fixed: int | None) -> list[int]:
 
 def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | None,
                  n_neighbors: int, subsample: float, max_subsample: int, workers: int = 1,
-                 landmarks: int = LANDMARKS,
+                 landmarks: int = LANDMARKS, complete: np.ndarray | None = None,
                  progress: Callable[[str], None] | None = None) -> ClusterResult:
     """UMAP + HDBSCAN with data-driven minimum cluster size and bootstrap stability.
 
@@ -94,22 +95,33 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     landmark patients (same procedure), and every other patient is placed by a weighted
     vote of its nearest landmarks in the integrated space: cost grows linearly in n
     beyond the landmark set instead of with n UMAP/HDBSCAN fits.
+
+    ``complete`` marks the patients measured on every modality. Patients missing one carry
+    imputed scores (an average of their neighbours), which sit between groups and would
+    bridge them; when at least half the cohort (or a full landmark set) is complete, the
+    groups are found on complete patients only and the others are placed the same way.
     """
     n = Z.shape[0]
-    if n <= landmarks:
+    pool = np.arange(n)
+    if complete is not None and not complete.all():
+        n_complete = int(complete.sum())
+        if n_complete >= max(MIN_CORE, min(landmarks, n // 2)):
+            pool = np.flatnonzero(complete)
+    if pool.size == n and n <= landmarks:
         return _auto_core(Z, seed=seed, bootstrap=bootstrap, fixed_mcs=fixed_mcs,
                           n_neighbors=n_neighbors, subsample=subsample,
                           max_subsample=max_subsample, workers=workers, progress=progress)
+    size = min(landmarks, pool.size)
     rng = np.random.default_rng([seed, 7])
-    marks = np.sort(rng.choice(n, size=landmarks, replace=False))
+    marks = np.sort(pool[rng.choice(pool.size, size=size, replace=False)])
     scaled_mcs = None
     if fixed_mcs:
-        scaled_mcs = max(2, int(round(fixed_mcs * landmarks / n)))
+        scaled_mcs = max(2, int(round(fixed_mcs * size / n)))
     core = _auto_core(Z[marks], seed=seed, bootstrap=bootstrap, fixed_mcs=scaled_mcs,
                       n_neighbors=n_neighbors, subsample=subsample,
                       max_subsample=max_subsample, workers=workers, progress=progress)
     if progress:
-        progress(f"placing {n - landmarks} patients by their nearest landmarks")
+        progress(f"placing {n - size} patients by their nearest landmarks")
     # Non-landmarks are placed by the assigned landmarks; without a majority (half the
     # vote) for one cluster they stay unassigned, like HDBSCAN's outliers. Unassigned
     # landmarks get the same rule as everyone else.
@@ -135,7 +147,9 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     res = ClusterResult(labels=labels, confidence=np.round(conf, 6), nearest=nearest,
                         embedding=Z, scores=core.scores, stability=core.stability,
                         consensus=core.consensus, runs=runs)
-    res.chosen = dict(core.chosen, landmarks=landmarks,
+    res.chosen = dict(core.chosen, landmarks=size,
+                      landmark_pool=("patients with every modality" if pool.size < n
+                                     else "all patients"),
                       placement="weighted vote of the 15 nearest assigned landmarks; "
                                 "unassigned without a majority")
     return res
@@ -255,13 +269,50 @@ def _auto_core(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | Non
     best = max(candidates, key=lambda m: (next(s["bootstrap_agreement_ari"] for s in scores
                                                if s["min_cluster_size"] == m), m))
     labels, prob, cons = results[best]
-    labels = stability.relabel_by_size(labels)
     runs = runs_by_mcs[best]
+    labels = stability.relabel_by_size(labels)
     res = finish(labels, embedding, runs, cons)
+    refined = place_unstable(Z, res.labels, res.confidence)
+    if refined is not None:
+        res = finish(stability.relabel_by_size(refined), embedding, runs, cons)
     res.scores = scores
     res.chosen = {"min_cluster_size": best, "criterion": "bootstrap_agreement_ari",
-                  "final_partition": "consensus" if use_consensus else "embedding"}
+                  "final_partition": "consensus" if use_consensus else "embedding",
+                  "unstable_patients": f"confidence < {STABLE_CONFIDENCE}: placed by the vote "
+                                       "of stable members in the integrated space"
+                                       if refined is not None else "kept"}
     return res
+
+
+STABLE_CONFIDENCE = 0.8  # co-clustered with their cluster in >= 80% of the bootstraps
+MIN_STABLE_MEMBERS = 5
+
+
+def place_unstable(Z: np.ndarray, labels: np.ndarray, confidence: np.ndarray
+                   ) -> np.ndarray | None:
+    """Re-place bootstrap-unstable patients by their stable neighbours in ``Z``.
+
+    The groups themselves come from the consensus of UMAP + HDBSCAN runs, but a patient
+    that the runs put in different groups sits where UMAP's layout is least faithful; its
+    nearest stable patients in the integrated space are the better evidence. The rule is
+    the one used to place patients outside the landmark set (weighted vote of the 15
+    nearest, unassigned without a majority). Returns None (keep the labels) when some
+    group has fewer than ``MIN_STABLE_MEMBERS`` stable members or nothing would change.
+    """
+    clusters = np.unique(labels[labels >= 0])
+    stable = (labels >= 0) & (confidence >= STABLE_CONFIDENCE)
+    unstable = ~stable
+    if clusters.size < 2 or not unstable.any():
+        return None
+    if min(int((stable & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
+        return None
+    placed, _conf, share = knn_vote(Z[stable], labels[stable], confidence[stable], Z[unstable])
+    placed[share < VOTE_MAJORITY] = -1
+    out = labels.copy()
+    out[unstable] = placed
+    if np.array_equal(out, labels):
+        return None
+    return out
 
 
 _SHARED: dict[str, Any] = {}

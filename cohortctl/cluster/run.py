@@ -196,6 +196,7 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             n_neighbors=opts.n_neighbors, subsample=opts.subsample,
             max_subsample=opts.max_subsample, workers=_workers(opts.threads),
             landmarks=opts.landmarks,
+            complete=np.all(np.column_stack(list(integ.present.values())), axis=1),
             progress=progress,
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
@@ -267,7 +268,10 @@ def _params(opts: ClusterOptions, result: methods.ClusterResult,
         for name, m in models.items()
     }
     d["versions"] = version_info()
-    d["integration"] = ("per-block PCA (components to 80% variance, <=50), "
+    rule = ("components above the permutation noise floor (parallel analysis, max-null)"
+            if opts.features.components == "noise" else
+            f"components to {opts.features.variance:.0%} variance")
+    d["integration"] = (f"per-block PCA ({rule}, <= {opts.features.max_components}), "
                         "scores divided by the block's first singular value (MFA weighting)")
     return d
 
