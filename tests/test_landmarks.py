@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from cohortctl.cluster.methods import auto_cluster, knn_vote
+from cohortctl.cluster.methods import auto_cluster, knn_vote, place_unstable, second_look
 
 
 def test_landmark_path_recovers_groups_and_places_everyone() -> None:
@@ -60,8 +60,6 @@ def test_missing_modality_patients_do_not_shape_the_groups() -> None:
 
 
 def test_unstable_patients_are_re_placed_by_stable_neighbours() -> None:
-    from cohortctl.cluster.methods import place_unstable
-
     rng = np.random.default_rng(2)
     Z = np.vstack([rng.normal(0, 1, (60, 4)), rng.normal(8, 1, (60, 4))])
     labels = np.repeat([0, 1], 60)
@@ -78,3 +76,17 @@ def test_unstable_patients_are_re_placed_by_stable_neighbours() -> None:
     # Too few stable members in a group: keep the consensus labels.
     conf[:58] = 0.1
     assert place_unstable(Z, labels, conf) is None
+
+
+def test_second_look_decides_unsure_patients_at_full_resolution() -> None:
+    rng = np.random.default_rng(4)
+    Z = np.vstack([rng.normal(0, 1, (200, 3)), rng.normal(6, 1, (200, 3)), [[0.5, 0.5, 0.5]]])
+    labels = np.concatenate([np.zeros(200, int), np.ones(200, int), [-1]])
+    conf = np.ones(401)
+    conf[[10, 250]] = 0.3  # assigned, but the landmark vote was unsure
+    labels[250] = 0  # ... and wrong: it sits among cluster 1
+    out, out_conf = second_look(Z, labels, conf)
+    assert out[400] == 0  # unassigned by the landmarks, clearly inside cluster 0
+    assert out[250] == 1 and out[10] == 0
+    assert np.array_equal(out[:400][conf[:400] == 1], labels[:400][conf[:400] == 1])
+    assert 0 < out_conf[400] <= 1

@@ -138,6 +138,7 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     else:
         labels, conf, _share = knn_vote(Z[marks], core.labels, core.confidence, Z)
         labels[marks], conf[marks] = core.labels, core.confidence
+    labels, conf = second_look(Z, labels, conf)
     nearest = labels.copy()
     if (labels < 0).any():
         nl, _c, _s = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
@@ -151,7 +152,10 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
                       landmark_pool=("patients with every modality" if pool.size < n
                                      else "all patients"),
                       placement="weighted vote of the 15 nearest assigned landmarks; "
-                                "unassigned without a majority")
+                                "patients below confidence "
+                                f"{STABLE_CONFIDENCE} then by the 15 nearest confidently "
+                                "assigned patients of the cohort; unassigned without a "
+                                "majority")
     return res
 
 
@@ -313,6 +317,30 @@ def place_unstable(Z: np.ndarray, labels: np.ndarray, confidence: np.ndarray
     if np.array_equal(out, labels):
         return None
     return out
+
+
+def second_look(Z: np.ndarray, labels: np.ndarray, conf: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Vote again, at full resolution, for patients the landmark vote left unsure.
+
+    Landmarks are a sparse sample: near a boundary the 15 nearest of them reach far, and a
+    patient without a clear majority is decided by one or two distant votes. Patients left
+    unassigned or below ``STABLE_CONFIDENCE`` are voted again by their 15 nearest
+    confidently assigned patients of the whole cohort (the same weighted vote; unassigned
+    without a majority). The query set is small, so the cost stays linear in n.
+    """
+    ref = (labels >= 0) & (conf >= STABLE_CONFIDENCE)
+    unsure = ~ref
+    clusters = np.unique(labels[labels >= 0])
+    if not unsure.any() or clusters.size == 0:
+        return labels, conf
+    if min(int((ref & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
+        return labels, conf
+    voted, voted_conf, share = knn_vote(Z[ref], labels[ref], conf[ref], Z[unsure])
+    voted[share < VOTE_MAJORITY] = -1
+    labels, conf = labels.copy(), conf.copy()
+    labels[unsure], conf[unsure] = voted, voted_conf
+    return labels, conf
 
 
 _SHARED: dict[str, Any] = {}
