@@ -189,6 +189,7 @@ def inputs(wl: Workload, data: Path) -> dict[str, Any]:
                        "--molecular", f"protein={TCGA / 'protein_train.parquet'}",
                        "--reference", "subtype"],
             "matrix": TCGA / "mrna_train.parquet",
+            "matrix_modality": "mrna",
             "truth": (TCGA / "clinical.parquet", "subtype"),
         }
     return {
@@ -197,6 +198,7 @@ def inputs(wl: Workload, data: Path) -> dict[str, Any]:
                    "--molecular", f"expression={data / 'expression.parquet'}",
                    "--maf-covers-clinical"],
         "matrix": data / "expression.parquet",
+        "matrix_modality": "expression",
         "truth": (data / "truth.parquet", "subtype"),
     }
 
@@ -346,7 +348,34 @@ def run_workload(wl: Workload, args: argparse.Namespace, machine_budget_mib: flo
     else:
         res["stages"]["report"] = not_run("SKIPPED", "cluster did not succeed").to_dict()
     args.save()
+    if m_ing.ok and args.peers:
+        same_matrix(wl, args, inp, store, log_dir, res)
     run_peers(wl, args, inp, store, wdir, log_dir, machine_budget_mib, m_ing.ok, res)
+
+
+def same_matrix(wl: Workload, args: argparse.Namespace, inp: dict[str, Any], store: Path,
+                log_dir: Path, res: dict[str, Any]) -> None:
+    """`cohortctl cluster` restricted to the one matrix the single-matrix peers read.
+
+    The main run integrates every modality (and places patients who lack the expression
+    table); scanpy and ConsensusClusterPlus see only the expression matrix. This run gives
+    the like-for-like comparison: same patients, same matrix, same seed.
+    """
+    print(f"  {wl.name}: cluster on the peers' matrix ...", flush=True)
+    modality = inp["matrix_modality"]
+    digest = source_digest()
+    m, _out = run_measured([COHORTCTL, "cluster", str(store), "--seed", "0", "--run",
+                           "same-matrix", "--modalities", modality, "--json"],
+                          log_dir=log_dir, name="cluster-same-matrix", timeout=args.timeout,
+                          mem_cap_mib=args.mem_cap_gib * 1024, cwd=ROOT)
+    entry = m.to_dict()
+    entry["modality"] = modality
+    entry["cohortctl_source_digest"] = digest
+    if m.ok:
+        entry["ari"] = ari(store / "runs" / "same-matrix" / "assignments.parquet", inp["truth"])
+    res["same_matrix"] = entry
+    _progress(wl, "cluster (peers' matrix)", m)
+    args.save()
 
 
 def run_peers(wl: Workload, args: argparse.Namespace, inp: dict[str, Any], store: Path,
