@@ -12,10 +12,8 @@ model shapes); a tampered, truncated or incompatible artefact is refused (exit 6
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +23,10 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from cohortctl.errors import InputDataError, OutputError, UsageError, raise_if_interrupted
+from cohortctl.errors import InputDataError, OutputError, UsageError
 from cohortctl.features import BlockModel, impute_missing_blocks
 from cohortctl.io.readers import TableSpec
-from cohortctl.store import Store, verify_run
+from cohortctl.store import Store, atomic_file, verify_run
 
 log = logging.getLogger("cohortctl")
 
@@ -515,35 +513,15 @@ def _check_out(st: Store, out: Path, force: bool) -> None:
 
 
 def _write_atomic(table: pl.DataFrame, out: Path, force: bool, summary: dict[str, Any]) -> None:
-    """Write a hidden sibling, fsync, then link (no clobber) or rename (``force``) it."""
+    """Write the Parquet through the store's atomic file publication (no clobber without
+    ``force``; a killed run leaves only a hidden temporary that later writers remove)."""
     parent = out.parent if str(out.parent) else Path(".")
-    tmp = parent / f".{out.name}.tmp-{os.getpid()}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        arrow = table.to_arrow()
-        meta = {b"cohortctl": json.dumps(summary, sort_keys=True).encode()}
-        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **meta})
-        pq.write_table(arrow, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        raise_if_interrupted()
-        if force:
-            os.replace(tmp, out)
-        else:
-            try:
-                os.link(tmp, out)
-            except FileExistsError:
-                raise OutputError(f"{out}: already exists (use --force to replace it)") from None
-            except OSError:  # no hard links here: check, then rename (tiny race window)
-                if out.exists():
-                    raise OutputError(
-                        f"{out}: already exists (use --force to replace it)") from None
-                os.rename(tmp, out)
     except OSError as exc:
         raise OutputError(f"{out}: cannot create output ({exc.strerror or exc})") from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    arrow = table.to_arrow()
+    meta = {b"cohortctl": json.dumps(summary, sort_keys=True).encode()}
+    arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}), **meta})
+    with atomic_file(out, force=force) as tmp:
+        pq.write_table(arrow, tmp, compression="zstd")

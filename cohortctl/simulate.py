@@ -185,12 +185,8 @@ def _atomic(final: Path) -> Iterator[Path]:
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
         yield tmp
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
         raise_if_interrupted()
-    except KeyboardInterrupt:
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, final)
