@@ -142,6 +142,7 @@ class BlockModel:
         n, p = Xs.shape
         kmax = max(1, min(settings.max_components, n - 1, p))
         s, vt = _top_singular(Xs, kmax)
+        assert vt is not None
         vt = _fix_signs(vt)
         flat = Xs.reshape(-1)
         total = float(np.dot(flat, flat))
@@ -151,7 +152,7 @@ class BlockModel:
         if settings.components == "variance" or self.kind == "clinical":
             k = int(np.searchsorted(np.cumsum(ratio), settings.variance) + 1)
         else:
-            k = components_above_noise(Xs, kmax)
+            k = components_above_noise(Xs, kmax, observed=s)
         k = max(1, min(k, kmax))
         self.components = vt[:k]
         self.explained_variance_ratio = ratio[:k].tolist()
@@ -226,15 +227,19 @@ class BlockModel:
         return model
 
 
-def _top_singular(X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top ``k`` singular values and right singular vectors (exact when small)."""
+def _top_singular(X: np.ndarray, k: int, *, vectors: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The top ``k`` singular values and, if asked, right singular vectors (exact when
+    the matrix is small, randomised with a fixed seed otherwise)."""
     if min(X.shape) <= 1000:
+        if not vectors:
+            return np.linalg.svd(X, compute_uv=False)[:k], None
         _u, s, vt = np.linalg.svd(X, full_matrices=False)
         return s[:k], vt[:k]
     from sklearn.utils.extmath import randomized_svd
 
     _u, s, vt = randomized_svd(X, n_components=k, random_state=0, n_iter=6)
-    return s, vt
+    return s, (vt if vectors else None)
 
 
 NOISE_ROWS = 5000  # patients used by the parallel analysis (a fixed random subset)
@@ -242,7 +247,8 @@ NOISE_PERMUTATIONS = 5
 NOISE_QUANTILE = 0.95
 
 
-def components_above_noise(Xs: np.ndarray, kmax: int) -> int:
+def components_above_noise(Xs: np.ndarray, kmax: int,
+                           observed: np.ndarray | None = None) -> int:
     """How many principal components stand above noise (parallel analysis, max-null).
 
     Every column is permuted independently, which keeps each feature's distribution
@@ -255,24 +261,23 @@ def components_above_noise(Xs: np.ndarray, kmax: int) -> int:
     that carries no grouping, and a sparse mutation block has dozens of them. Above
     ``NOISE_ROWS`` patients the observed and permuted spectra both come from the same
     fixed random subset, so the comparison stays like-for-like and the cost bounded.
+    ``observed``: the top singular values of ``Xs`` if the caller has them already (used
+    when no subset is drawn).
     """
     rng = np.random.default_rng(0)
     n = Xs.shape[0]
-    sub = Xs[np.sort(rng.choice(n, NOISE_ROWS, replace=False))] if n > NOISE_ROWS else Xs
+    if n > NOISE_ROWS:
+        sub, observed = Xs[np.sort(rng.choice(n, NOISE_ROWS, replace=False))], None
+    else:
+        sub = Xs
     kmax = max(1, min(kmax, sub.shape[0] - 1, sub.shape[1]))
-    observed = _singular_values(sub, kmax)
-    null_top = [_singular_values(rng.permuted(sub, axis=0), min(kmax, 5))[0]
+    if observed is None:
+        observed = _top_singular(sub, kmax, vectors=False)[0]
+    observed = observed[:kmax]
+    null_top = [_top_singular(rng.permuted(sub, axis=0), min(kmax, 5), vectors=False)[0][0]
                 for _ in range(NOISE_PERMUTATIONS)]
     above = observed > np.quantile(null_top, NOISE_QUANTILE)
     return int(kmax if above.all() else np.argmin(above))
-
-
-def _singular_values(X: np.ndarray, k: int) -> np.ndarray:
-    if min(X.shape) <= 1000:
-        return np.linalg.svd(X, compute_uv=False)[:k]
-    from sklearn.utils.extmath import randomized_svd
-
-    return randomized_svd(X, n_components=k, random_state=0, n_iter=6)[1]
 
 
 def _to_numpy(df: pl.DataFrame) -> np.ndarray:
