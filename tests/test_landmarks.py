@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from cohortctl.cluster.methods import auto_cluster, knn_vote, place_unstable, second_look
+from cohortctl.cluster.methods import auto_cluster, knn_vote, vote_unsure
 
 
 def test_landmark_path_recovers_groups_and_places_everyone() -> None:
@@ -66,16 +66,17 @@ def test_unstable_patients_are_re_placed_by_stable_neighbours() -> None:
     conf = np.ones(120)
     labels[[3, 70]] = [1, 0]  # two patients put in the wrong group by an unstable layout
     conf[[3, 70]] = 0.4
-    out = place_unstable(Z, labels, conf)
-    assert out is not None
+    voted = vote_unsure(Z, labels, conf)
+    assert voted is not None
+    out = voted[0]
     assert out[3] == 0 and out[70] == 1
     assert np.array_equal(np.delete(out, [3, 70]), np.delete(labels, [3, 70]))
     # A stable wrong-looking patient is left alone: the bootstraps agreed on it.
     conf[[3, 70]] = 1.0
-    assert place_unstable(Z, labels, conf) is None
+    assert vote_unsure(Z, labels, conf) is None
     # Too few stable members in a group: keep the consensus labels.
     conf[:58] = 0.1
-    assert place_unstable(Z, labels, conf) is None
+    assert vote_unsure(Z, labels, conf) is None
 
 
 def test_second_look_decides_unsure_patients_at_full_resolution() -> None:
@@ -85,7 +86,9 @@ def test_second_look_decides_unsure_patients_at_full_resolution() -> None:
     conf = np.ones(401)
     conf[[10, 250]] = 0.3  # assigned, but the landmark vote was unsure
     labels[250] = 0  # ... and wrong: it sits among cluster 1
-    out, out_conf = second_look(Z, labels, conf)
+    voted = vote_unsure(Z, labels, conf)
+    assert voted is not None
+    out, out_conf = voted
     assert out[400] == 0  # unassigned by the landmarks, clearly inside cluster 0
     assert out[250] == 1 and out[10] == 0
     assert np.array_equal(out[:400][conf[:400] == 1], labels[:400][conf[:400] == 1])

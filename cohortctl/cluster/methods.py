@@ -138,7 +138,11 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     else:
         labels, conf, _share = knn_vote(Z[marks], core.labels, core.confidence, Z)
         labels[marks], conf[marks] = core.labels, core.confidence
-    labels, conf = second_look(Z, labels, conf)
+    # Landmarks are sparse: near a boundary the 15 nearest reach far. Unsure patients get a
+    # second vote at full resolution, among the confidently assigned patients of the cohort.
+    voted = vote_unsure(Z, labels, conf)
+    if voted is not None:
+        labels, conf = voted
     nearest = labels.copy()
     if (labels < 0).any():
         nl, _c, _s = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
@@ -276,15 +280,17 @@ def _auto_core(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | Non
     runs = runs_by_mcs[best]
     labels = stability.relabel_by_size(labels)
     res = finish(labels, embedding, runs, cons)
-    refined = place_unstable(Z, res.labels, res.confidence)
-    if refined is not None:
-        res = finish(stability.relabel_by_size(refined), embedding, runs, cons)
+    voted = vote_unsure(Z, res.labels, res.confidence)
+    refined = voted is not None and not np.array_equal(voted[0], res.labels)
+    if refined:
+        assert voted is not None
+        res = finish(stability.relabel_by_size(voted[0]), embedding, runs, cons)
     res.scores = scores
     res.chosen = {"min_cluster_size": best, "criterion": "bootstrap_agreement_ari",
                   "final_partition": "consensus" if use_consensus else "embedding",
                   "unstable_patients": f"confidence < {STABLE_CONFIDENCE}: placed by the vote "
                                        "of stable members in the integrated space"
-                                       if refined is not None else "kept"}
+                                       if refined else "kept"}
     return res
 
 
@@ -292,51 +298,27 @@ STABLE_CONFIDENCE = 0.8  # co-clustered with their cluster in >= 80% of the boot
 MIN_STABLE_MEMBERS = 5
 
 
-def place_unstable(Z: np.ndarray, labels: np.ndarray, confidence: np.ndarray
-                   ) -> np.ndarray | None:
-    """Re-place bootstrap-unstable patients by their stable neighbours in ``Z``.
+def vote_unsure(Z: np.ndarray, labels: np.ndarray, conf: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Re-place unsure patients by the vote of their confident neighbours in ``Z``.
 
-    The groups themselves come from the consensus of UMAP + HDBSCAN runs, but a patient
-    that the runs put in different groups sits where UMAP's layout is least faithful; its
-    nearest stable patients in the integrated space are the better evidence. The rule is
-    the one used to place patients outside the landmark set (weighted vote of the 15
-    nearest, unassigned without a majority). Returns None (keep the labels) when some
-    group has fewer than ``MIN_STABLE_MEMBERS`` stable members or nothing would change.
+    Unsure = unassigned or below ``STABLE_CONFIDENCE``: in the core, patients the
+    bootstrap runs put in different groups (where one UMAP layout is least faithful);
+    after the landmark placement, also patients whose nearest landmarks were split. Their
+    15 nearest confident patients in the integrated space vote (the landmark placement's
+    weighted vote; unassigned without a majority). Returns the new labels and confidences,
+    or None (keep everything) when fewer than two groups exist, some group has fewer than
+    ``MIN_STABLE_MEMBERS`` confident members, or nobody is unsure.
     """
     clusters = np.unique(labels[labels >= 0])
-    stable = (labels >= 0) & (confidence >= STABLE_CONFIDENCE)
-    unstable = ~stable
-    if clusters.size < 2 or not unstable.any():
+    confident = (labels >= 0) & (conf >= STABLE_CONFIDENCE)
+    unsure = ~confident
+    if clusters.size < 2 or not unsure.any():
         return None
-    if min(int((stable & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
+    if min(int((confident & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
         return None
-    placed, _conf, share = knn_vote(Z[stable], labels[stable], confidence[stable], Z[unstable])
-    placed[share < VOTE_MAJORITY] = -1
-    out = labels.copy()
-    out[unstable] = placed
-    if np.array_equal(out, labels):
-        return None
-    return out
-
-
-def second_look(Z: np.ndarray, labels: np.ndarray, conf: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Vote again, at full resolution, for patients the landmark vote left unsure.
-
-    Landmarks are a sparse sample: near a boundary the 15 nearest of them reach far, and a
-    patient without a clear majority is decided by one or two distant votes. Patients left
-    unassigned or below ``STABLE_CONFIDENCE`` are voted again by their 15 nearest
-    confidently assigned patients of the whole cohort (the same weighted vote; unassigned
-    without a majority). The query set is small, so the cost stays linear in n.
-    """
-    ref = (labels >= 0) & (conf >= STABLE_CONFIDENCE)
-    unsure = ~ref
-    clusters = np.unique(labels[labels >= 0])
-    if not unsure.any() or clusters.size == 0:
-        return labels, conf
-    if min(int((ref & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
-        return labels, conf
-    voted, voted_conf, share = knn_vote(Z[ref], labels[ref], conf[ref], Z[unsure])
+    voted, voted_conf, share = knn_vote(Z[confident], labels[confident], conf[confident],
+                                        Z[unsure])
     voted[share < VOTE_MAJORITY] = -1
     labels, conf = labels.copy(), conf.copy()
     labels[unsure], conf[unsure] = voted, voted_conf
