@@ -197,6 +197,17 @@ def _ari(a: dict[str, Any] | None) -> str:
     return "-" if not a or a.get("ari") is None else f"{a['ari']:.3f}"
 
 
+def _tool_row(workload: str, tool: str, m: dict[str, Any] | None,
+              cluster: dict[str, Any] | None, note: str = "") -> str:
+    """One row of the peers table; time ratio against the workload's `cohortctl cluster`."""
+    ar = (m or {}).get("ari") or {}
+    ratio = f"{m['wall_s'] / cluster['wall_s']:.2f}" if _ok(m) and _ok(cluster) else "-"
+    return (f"| {workload} | {tool} | {(m or {}).get('status', '-')} | {_cell(m)} | "
+            f"{_f(_cpu(m))} | {_cell(m, 'mem')} | {ratio} | {_ari(ar)} | "
+            f"{_f(ar.get('ari_assigned_only'), 3)} | {_sizes(ar)} | "
+            f"{_f((m or {}).get('other_load_cores'), 2)} | {note} |")
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     rows = growth(results)
     bar_rows = bars(results, rows)
@@ -303,33 +314,21 @@ def render_markdown(results: dict[str, Any]) -> str:
     a("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     for w in ws:
         cl = w["stages"].get("cluster")
-        ar = w.get("cohortctl_ari") or {}
-        a(f"| {w['name']} | cohortctl cluster | {cl['status'] if cl else '-'} | "
-          f"{_cell(cl)} | {_f(_cpu(cl))} | {_cell(cl, 'mem')} | 1.00 | {_ari(ar)} | "
-          f"{_f(ar.get('ari_assigned_only'), 3)} | {_sizes(ar)} | "
-          f"{_f((cl or {}).get('other_load_cores'), 2)} | |")
+        a(_tool_row(w["name"], "cohortctl cluster",
+                    cl and {**cl, "ari": w.get("cohortctl_ari")}, cl))
         same = w.get("same_matrix")
         if same:
-            sar = same.get("ari") or {}
-            ratio = f"{same['wall_s'] / cl['wall_s']:.2f}" if _ok(same) and _ok(cl) else "-"
-            a(f"| {w['name']} | cohortctl cluster --modalities {same.get('modality')} | "
-              f"{same['status']} | {_cell(same)} | {_f(_cpu(same))} | {_cell(same, 'mem')} | "
-              f"{ratio} | {_ari(sar)} | {_f(sar.get('ari_assigned_only'), 3)} | {_sizes(sar)} | "
-              f"{_f(same.get('other_load_cores'), 2)} | the peers' matrix only |")
+            a(_tool_row(w["name"], f"cohortctl cluster --modalities {same.get('modality')}",
+                        same, cl, "the peers' matrix only"))
         for peer in PEER_NAMES:
             if peer not in w.get("peers", {}):
                 a(f"| {w['name']} | {PEER_NAMES[peer]} | NOT RUN | - | - | - | - | - | - | - | "
                   "- | not requested in the invocations that measured this workload |")
         for peer, pm in w.get("peers", {}).items():
-            par = pm.get("ari") or {}
-            ratio = (f"{pm['wall_s'] / cl['wall_s']:.2f}" if _ok(pm) and _ok(cl) else "-")
             note = pm.get("note", "")
             if peer == "ccp" and pm.get("features"):
                 note = (note + f" top {pm['features']} genes").strip()
-            a(f"| {w['name']} | {PEER_NAMES.get(peer, peer)} | {pm.get('status')} | "
-              f"{_cell(pm)} | {_f(_cpu(pm))} | {_cell(pm, 'mem')} | {ratio} | {_ari(par)} | "
-              f"{_f(par.get('ari_assigned_only'), 3)} | {_sizes(par)} | "
-              f"{_f(pm.get('other_load_cores'), 2)} | {note} |")
+            a(_tool_row(w["name"], PEER_NAMES.get(peer, peer), pm, cl, note))
     a("")
     a("## Growth in n (log-log slopes between adjacent sizes, same genes)")
     a("")
