@@ -299,6 +299,16 @@ def _rate_text(k: int, n: int, shown: bool) -> str:
 _TEST_NAMES = {"chi2": "chi-square", "fisher": "Fisher", None: "not testable"}
 
 
+def _test_table(results: list[dict[str, Any]], label: str, key: str) -> pl.DataFrame:
+    """Published test results as strings: ``label`` (from ``key``), test, p, q."""
+    return pl.DataFrame(
+        [{label: r[key], "test": _TEST_NAMES[r["test"]], "p": display_p(r, "p"),
+          "q": display_p(r, "q")} for r in results],
+        schema={c: pl.String for c in [label, "test", "p", "q"]},
+        orient="row",
+    )
+
+
 def response_by_cluster(
     df: pl.DataFrame,
     min_cell: int = 5,
@@ -465,19 +475,7 @@ def response_by_cluster(
             }
         )
     publish_family(treat_raw)
-    tests = pl.DataFrame(
-        [
-            {
-                "treatment": t["treatment"],
-                "test": _TEST_NAMES[t["test"]],
-                "p": display_p(t, "p"),
-                "q": display_p(t, "q"),
-            }
-            for t in treat_raw
-        ],
-        schema={c: pl.String for c in ["treatment", "test", "p", "q"]},
-        orient="row",
-    )
+    tests = _test_table(treat_raw, "treatment", "treatment")
 
     # Per cluster: does response differ between treatments?
     by_cluster: list[dict[str, Any]] = []
@@ -499,19 +497,7 @@ def response_by_cluster(
             }
         )
     publish_family(by_cluster)
-    cluster_tests = pl.DataFrame(
-        [
-            {
-                "cluster": b["name"],
-                "test": _TEST_NAMES[b["test"]],
-                "p": display_p(b, "p"),
-                "q": display_p(b, "q"),
-            }
-            for b in by_cluster
-        ],
-        schema={c: pl.String for c in ["cluster", "test", "p", "q"]},
-        orient="row",
-    )
+    cluster_tests = _test_table(by_cluster, "cluster", "name")
 
     tm = np.isin(cl, layout.tested)
     inter = interaction_lr_test(y[tm], cl[tm], trt[tm])
