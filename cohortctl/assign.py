@@ -132,7 +132,8 @@ def _check_shapes(where: str, blocks: dict[str, BlockModel],
         comp = m.components
         ok = (comp is not None and s0 == start and s1 - s0 == comp.shape[0]
               and comp.shape[1] == len(m.features) == len(m.impute) == len(m.center)
-              == len(m.scale) and m.first_singular_value > 0)
+              == len(m.scale) and m.first_singular_value > 0
+              and len(m.component_weights) in (0, comp.shape[0]))
         if not ok:
             raise InputDataError(f"{where} (block {b!r} does not match the integrated space)")
         start = s1

@@ -202,6 +202,7 @@ def ingest(
 # -- cluster --------------------------------------------------------------------------
 @app.command(epilog="Examples:\n\n  cohortctl cluster cohort --seed 0\n\n"
              "  cohortctl cluster cohort --method kmeans --k-range 2..6 --json\n\n"
+             "  cohortctl cluster cohort --modalities mrna --component-weight equal\n\n"
              "  cohortctl ingest ... -o cohort | cohortctl cluster | cohortctl report -o r.html"
              "\n\n" + EXIT_HELP)
 @_guarded
@@ -219,6 +220,7 @@ def cluster(
     max_missing: Annotated[float, typer.Option(help="Drop features missing in more than this fraction.")] = 0.2,
     min_mutated: Annotated[int | None, typer.Option(help="Genes mutated in fewer patients are dropped (default max(3, 1%)).")] = None,
     components: Annotated[str, typer.Option(help="PCA components per table: 'noise' (those above a permutation noise floor) or 'variance' (up to 80% of the variance; keeps structure carried by single features).")] = "noise",
+    component_weight: Annotated[str, typer.Option(help="How PCA components are weighted within a table: 'variance' (as PCA gives them), 'equal' (every kept component the same variance: groups that differ along weaker axes than a dominant continuous programme are not drowned) or 'auto' (auto/hdbscan methods: both compete, the more bootstrap-stable wins; K methods: variance).")] = "auto",
     seed: Annotated[int, typer.Option(help="Random seed: same inputs + seed = same output.")] = 0,
     bootstrap: Annotated[int, typer.Option(help="Subsample re-clusterings for stability.")] = 30,
     assign_noise: Annotated[bool, typer.Option(help="Attach unassigned patients to their nearest cluster.")] = False,
@@ -240,13 +242,16 @@ def cluster(
         raise UsageError("--top-features must be >= 1 and --n-neighbors >= 2")
     if components not in ("noise", "variance"):
         raise UsageError("--components must be noise or variance")
+    if component_weight not in ("auto", "variance", "equal"):
+        raise UsageError("--component-weight must be auto, variance or equal")
     opts = ClusterOptions(
         modalities=_split(modalities), with_clinical=_split(with_clinical) or [],
         method=method, k=k, k_range=parse_k_range(k_range), k_criterion=k_criterion,
         min_cluster_size=min_cluster_size, n_neighbors=n_neighbors, seed=seed,
         bootstrap=bootstrap, assign_noise=assign_noise, run=run, threads=threads,
         features=FeatureSettings(max_missing=max_missing, top_features=top_features,
-                                 min_mutated=min_mutated, components=components),
+                                 min_mutated=min_mutated, components=components,
+                                 component_weight=component_weight),
     )
     st = Store.open(_store_arg(store))
     path = run_cluster(st, opts, progress=_progress())

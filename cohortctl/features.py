@@ -17,7 +17,11 @@ Per block (documented in docs/methods.md):
    most 50; ``components="variance"``, and clinical blocks always, keep those explaining
    ``variance`` instead);
 6. MFA weighting: the block's scores are divided by its first singular value, so that
-   no modality dominates because it has more features.
+   no modality dominates because it has more features. With
+   ``component_weight="equal"`` (molecular and genetic blocks) every kept component is
+   first given the same variance, the block's total variance unchanged: an axis of
+   structure then counts as much as a stronger one. ``"auto"`` (default) leaves the fit
+   as ``"variance"``; ``cluster`` then lets both geometries compete (docs/methods.md).
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class FeatureSettings:
     variance: float = 0.8
     max_components: int = 50
     components: str = "noise"  # noise (parallel analysis) | variance (to ``variance``)
+    #: auto (``cluster`` lets the two geometries compete) | variance (PCA scores as they
+    #: are) | equal (every kept component the same variance)
+    component_weight: str = "auto"
     transform: str = "auto"  # auto | none | mvalue | log1p
 
 
@@ -62,6 +69,8 @@ class BlockModel:
     components: np.ndarray | None = None  # (k, p)
     explained_variance_ratio: list[float] = field(default_factory=list)
     first_singular_value: float = 1.0
+    #: Per-component multipliers of the scores (empty = all 1: ``component_weight="variance"``).
+    component_weights: list[float] = field(default_factory=list)
     n_fit_patients: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     categories: dict[str, list[str]] = field(default_factory=dict)  # clinical one-hot
@@ -132,7 +141,7 @@ class BlockModel:
         self._fit_pca(Xs, settings)
         assert self.components is not None
         #: Training scores, identical to ``transform_frame`` on the same table.
-        self.fit_scores = (Xs @ self.components.T / self.first_singular_value, observed)
+        self.fit_scores = (self._scores(Xs), observed)
         self.n_fit_patients = n
         for key, count in (getattr(self, "prefiltered", None) or {}).items():
             self.dropped[key] = self.dropped.get(key, 0) + count
@@ -157,6 +166,20 @@ class BlockModel:
         self.components = vt[:k]
         self.explained_variance_ratio = ratio[:k].tolist()
         self.first_singular_value = float(s[0]) / np.sqrt(n) if s[0] > 0 else 1.0
+        if settings.component_weight == "equal" and self.kind != "clinical":
+            self.component_weights = self.equal_component_weights().tolist()
+
+    def equal_component_weights(self) -> np.ndarray:
+        """Multipliers that give each kept component the same variance (block total kept)."""
+        return equal_variance_weights(np.sqrt(np.asarray(self.explained_variance_ratio)))
+
+    def _scores(self, Xs: np.ndarray) -> np.ndarray:
+        """Standardised rows -> weighted block scores (the integrated space's columns)."""
+        assert self.components is not None
+        scores = Xs @ self.components.T / self.first_singular_value
+        if self.component_weights:
+            scores *= np.asarray(self.component_weights)
+        return scores
 
     # -- applying -------------------------------------------------------------------
     def transform_frame(self, df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -178,9 +201,7 @@ class BlockModel:
             observed = observed * 1.0
         X = np.where(np.isnan(X), np.asarray(self.impute), X)
         Xs = (X - np.asarray(self.center)) / np.asarray(self.scale)
-        assert self.components is not None
-        scores = Xs @ self.components.T / self.first_singular_value
-        return scores, observed
+        return self._scores(Xs), observed
 
     def _expand_clinical(self, df: pl.DataFrame, fit: bool) -> pl.DataFrame:
         out = [df["patient_id"]]
@@ -225,6 +246,24 @@ class BlockModel:
         model = cls(**meta)
         model.components = comp.drop("feature").to_numpy().T.copy()
         return model
+
+
+def equal_variance_weights(singular: np.ndarray) -> np.ndarray:
+    """Score multipliers giving every component the same variance, total unchanged.
+
+    PCA scores carry each component's variance, so the strongest axes (often continuous
+    programmes such as a co-expression module) dominate distances, and groups that differ
+    along a weaker axis are merged. Multiplying component j by s_1 / s_j equalises them;
+    one common factor then restores the block's total variance, so the balance between
+    blocks set by the MFA weighting is kept.
+    """
+    s = np.asarray(singular, dtype=np.float64)
+    if s.size == 0 or s[0] <= 0:
+        return np.ones(s.size)
+    s = np.where(s > 0, s, s[0])
+    w = s[0] / s
+    rel = s / s[0]
+    return w * np.sqrt(np.sum(rel**2) / (rel.size * 1.0))
 
 
 def _top_singular(X: np.ndarray, k: int, *, vectors: bool = True

@@ -14,6 +14,7 @@ import pytest
 from cohortctl.assign import (
     MAX_ABSENT_FEATURES,
     Reference,
+    RunModel,
     _read_inputs,
     assign,
     load_run,
@@ -118,15 +119,36 @@ def test_training_patients_assigned_back_land_in_their_cluster(breast: Path, tmp
     assert set(got["modalities_missing"]) == {""}
 
 
-def test_stored_preprocessing_reproduces_training_coordinates(breast: Path) -> None:
-    """Re-applying the saved JSON/Parquet model gives the run's integrated matrix."""
-    rm = load_run(breast)
+def _training_tables_replaced(rm: RunModel) -> np.ndarray:
+    """The 150 training patients re-read and placed with the run's stored model, in the
+    run's patient order."""
     specs = [TableSpec(n, BREAST / f"{n}_train.parquet") for n in ("mrna", "mirna", "protein")]
     frames, _maf = _read_inputs(rm, specs, [], None, id_column=None, fmt=None, layout="auto",
                                 tcga_barcodes=None, maf_classes=None, maf_covers_clinical=False)
     placement = place(rm, frames)
-    order = [placement.patient_ids.index(p) for p in rm.patient_ids]
-    assert np.allclose(placement.matrix[order], rm.matrix, atol=1e-8)
+    return placement.matrix[[placement.patient_ids.index(p) for p in rm.patient_ids]]
+
+
+def test_stored_preprocessing_reproduces_training_coordinates(breast: Path) -> None:
+    """Re-applying the saved JSON/Parquet model gives the run's integrated matrix."""
+    rm = load_run(breast)
+    assert np.allclose(_training_tables_replaced(rm), rm.matrix, atol=1e-8)
+
+
+def test_equal_component_weights_are_reapplied_to_new_patients(breast: Path,
+                                                               tmp_path: Path) -> None:
+    """A run clustered in the equal-variance geometry stores its weights: re-applying the
+    model gives that run's coordinates, not the variance-weighted ones."""
+    store = tmp_path / "copy.cohort"
+    shutil.copytree(breast, store)
+    _cli("cluster", str(store), "--seed", "0", "--run", "eq", "--component-weight", "equal",
+         "--bootstrap", "6")
+    rm = load_run(store, "eq")
+    assert json.loads((rm.run_dir / "params.json").read_text())["component_weight_used"] == "equal"
+    assert np.allclose(_training_tables_replaced(rm), rm.matrix, atol=1e-8)
+    base = load_run(breast)
+    if json.loads((base.run_dir / "params.json").read_text())["component_weight_used"] != "equal":
+        assert not np.allclose(rm.matrix, base.matrix, atol=1e-3)
 
 
 def test_far_away_patient_is_novel(breast: Path, tmp_path: Path) -> None:

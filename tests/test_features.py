@@ -70,3 +70,50 @@ def test_block_keeps_at_least_one_component_of_pure_noise() -> None:
     assert m.components is not None and m.components.shape[0] == 1
     m2 = BlockModel("noise", "molecular").fit(df, FeatureSettings(components="variance"))
     assert m2.components is not None and m2.components.shape[0] > 10
+
+
+def _module_dominated_table(seed: int = 5) -> tuple[pl.DataFrame, np.ndarray]:
+    """Two groups differing along a weak axis, under four strong continuous programmes
+    (co-expression modules of 40 genes each, the same in both groups)."""
+    rng = np.random.default_rng(seed)
+    n, p = 400, 200
+    groups = rng.integers(0, 2, n)
+    X = rng.normal(size=(n, p))
+    for m in range(4):
+        X[:, m * 40:(m + 1) * 40] += 1.5 * rng.normal(size=n)[:, None]
+    X[:, 160:190] += 1.0 * groups[:, None]
+    df = pl.DataFrame({"patient_id": [f"P{i}" for i in range(n)],
+                       **{f"g{j}": X[:, j] for j in range(p)}})
+    return df, groups
+
+
+def _neighbour_agreement(scores: np.ndarray, groups: np.ndarray, k: int = 15) -> float:
+    from sklearn.neighbors import NearestNeighbors
+
+    _d, idx = NearestNeighbors(n_neighbors=k + 1).fit(scores).kneighbors(scores)
+    return float((groups[idx[:, 1:]] == groups[:, None]).mean())
+
+
+def test_equal_component_weight_lets_a_weak_group_axis_count() -> None:
+    df, groups = _module_dominated_table()
+    plain = BlockModel("m", "molecular").fit(df, FeatureSettings())
+    equal = BlockModel("m", "molecular").fit(df, FeatureSettings(component_weight="equal"))
+    s_plain, s_equal = plain.fit_scores[0], equal.fit_scores[0]
+    assert plain.component_weights == [] and len(equal.component_weights) == 5
+    # Same components, same total variance; each component now has the same variance.
+    assert s_equal.shape == s_plain.shape
+    assert np.isclose((s_equal**2).sum(), (s_plain**2).sum())
+    var = s_equal.var(axis=0)
+    assert np.allclose(var, var[0], rtol=1e-6)
+    # The group axis is the weaker one: neighbours agree on the group far more often.
+    assert _neighbour_agreement(s_equal, groups) > _neighbour_agreement(s_plain, groups) + 0.1
+
+
+def test_equal_component_weight_survives_save_load_and_transform(tmp_path: Path) -> None:
+    df, _groups = _module_dominated_table()
+    model = BlockModel("m", "molecular").fit(df, FeatureSettings(component_weight="equal"))
+    model.save(tmp_path)
+    again = BlockModel.load(tmp_path, "m")
+    assert again.component_weights == model.component_weights
+    scores, _observed = again.transform_frame(df)
+    assert np.allclose(scores, model.fit_scores[0])

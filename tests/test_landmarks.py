@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from cohortctl.cluster.methods import auto_cluster, knn_vote, vote_unsure
@@ -93,3 +94,39 @@ def test_second_look_decides_unsure_patients_at_full_resolution() -> None:
     assert out[250] == 1 and out[10] == 0
     assert np.array_equal(out[:400][conf[:400] == 1], labels[:400][conf[:400] == 1])
     assert 0 < out_conf[400] <= 1
+
+
+def _three_groups(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    truth = rng.integers(0, 3, n)
+    centres = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 0.87]]) * 9.0
+    return truth, centres[truth] + rng.normal(0, 1, (n, 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_competing_geometry_wins_when_groups_sit_on_weak_axes(seed: int) -> None:
+    """Groups on two weak axes under three strong group-free ones: the variance-weighted
+    space cannot separate them, the equal-variance one can; the bootstrap screening picks
+    it and the final partition (and embedding) come from it."""
+    rng = np.random.default_rng(seed)
+    truth, weak = _three_groups(rng, 600)
+    Z = np.hstack([rng.normal(0, 12, (600, 3)), weak])
+    equal = Z / Z.std(axis=0)
+    res = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15, subsample=0.8,
+                       max_subsample=3000, workers=1, alternatives={"equal": equal})
+    alone = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15,
+                         subsample=0.8, max_subsample=3000, workers=1)
+    screening = res.chosen["space_screening"]["best_agreement_ari"]
+    assert res.chosen["space"] == "equal" and screening["equal"] > screening["default"]
+    assert adjusted_rand_score(truth, res.labels) > 0.95
+    assert adjusted_rand_score(truth, alone.labels) < 0.5
+    assert len(res.runs) == 6  # 2 screening runs reused + 4 more, all in the chosen space
+
+
+def test_equally_stable_geometries_keep_the_default() -> None:
+    rng = np.random.default_rng(0)
+    truth, strong = _three_groups(rng, 600)
+    Z = np.hstack([strong, rng.normal(0, 0.3, (600, 4))])
+    res = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15, subsample=0.8,
+                       max_subsample=3000, workers=1, alternatives={"equal": Z / Z.std(axis=0)})
+    assert res.chosen["space"] == "default"
+    assert adjusted_rand_score(truth, res.labels) > 0.95

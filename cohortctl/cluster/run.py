@@ -167,7 +167,14 @@ def cluster(store: Store, opts: ClusterOptions,
             raise InputDataError(f"only {n} patients with data: too few to find groups")
         if progress:
             progress(f"{n} patients, {integ.matrix.shape[1]} integrated dimensions")
-        result = _run_method(integ, scores, opts, progress)
+        alternatives = _alternative_geometries(models, scores, opts)
+        result = _run_method(integ, scores, opts, progress,
+                             {name: alt.matrix for name, alt in alternatives.items()})
+        if result.chosen.get("space") in alternatives:
+            integ = alternatives[result.chosen["space"]]
+            for m in models.values():
+                if m.kind != "clinical":
+                    m.component_weights = m.equal_component_weights().tolist()
     labels = result.labels.copy()
     if opts.assign_noise:
         labels = result.nearest.copy()
@@ -186,8 +193,26 @@ def cluster(store: Store, opts: ClusterOptions,
     return _write_run(store, opts, assignments, params, metrics, models, integ, result)
 
 
+def _alternative_geometries(models: dict[str, BlockModel], scores: BlockScores,
+                            opts: ClusterOptions) -> dict[str, Integrated]:
+    """With ``component_weight="auto"``, the equal-variance geometry that competes with the
+    variance-weighted one in the UMAP + HDBSCAN model selection (nothing to compete with
+    when every block kept a single component, or for the K-based methods)."""
+    if opts.features.component_weight != "auto" or opts.method not in ("auto", "hdbscan"):
+        return {}
+    weighted = {name: m for name, m in models.items()
+                if m.kind != "clinical" and len(m.explained_variance_ratio) > 1}
+    if not weighted:
+        return {}
+    equal = {name: (ids, s * weighted[name].equal_component_weights() if name in weighted
+                    else s)
+             for name, (ids, s) in scores.items()}
+    return {"equal": integrate(equal, k_impute=K_IMPUTE)}
+
+
 def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray]],
-                opts: ClusterOptions, progress: Callable[[str], None] | None
+                opts: ClusterOptions, progress: Callable[[str], None] | None,
+                alternatives: dict[str, np.ndarray] | None = None
                 ) -> methods.ClusterResult:
     Z = integ.matrix
     if opts.method in ("auto", "hdbscan"):
@@ -197,7 +222,7 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             max_subsample=opts.max_subsample, workers=_workers(opts.threads),
             landmarks=opts.landmarks,
             complete=np.all(np.column_stack(list(integ.present.values())), axis=1),
-            progress=progress,
+            alternatives=alternatives, name="variance", progress=progress,
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
     affinity_fn = None
@@ -271,7 +296,12 @@ def _params(opts: ClusterOptions, result: methods.ClusterResult,
     rule = ("components above the permutation noise floor (parallel analysis, max-null)"
             if opts.features.components == "noise" else
             f"components to {opts.features.variance:.0%} variance")
-    d["integration"] = (f"per-block PCA ({rule}, <= {opts.features.max_components}), "
+    used = ("equal" if "equal" in (opts.features.component_weight, result.chosen.get("space"))
+            else "variance")
+    equal = ("every kept component rescaled to the same variance (block total kept), "
+             if used == "equal" else "")
+    d["component_weight_used"] = used
+    d["integration"] = (f"per-block PCA ({rule}, <= {opts.features.max_components}), {equal}"
                         "scores divided by the block's first singular value (MFA weighting)")
     return d
 
