@@ -348,7 +348,7 @@ def run_workload(wl: Workload, args: argparse.Namespace, machine_budget_mib: flo
     else:
         res["stages"]["report"] = not_run("SKIPPED", "cluster did not succeed").to_dict()
     args.save()
-    if m_ing.ok and args.peers:
+    if m_ing.ok:  # a cohortctl measurement: taken whether or not peers run now
         same_matrix(wl, args, inp, store, log_dir, res)
     run_peers(wl, args, inp, store, wdir, log_dir, machine_budget_mib, m_ing.ok, res)
 
