@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.metrics import adjusted_rand_score
 
 from cohortctl.assign import (
     MAX_ABSENT_FEATURES,
@@ -119,10 +120,12 @@ def test_training_patients_assigned_back_land_in_their_cluster(breast: Path, tmp
     assert set(got["modalities_missing"]) == {""}
 
 
-def _training_tables_replaced(rm: RunModel) -> np.ndarray:
-    """The 150 training patients re-read and placed with the run's stored model, in the
-    run's patient order."""
-    specs = [TableSpec(n, BREAST / f"{n}_train.parquet") for n in ("mrna", "mirna", "protein")]
+def _training_tables_replaced(rm: RunModel, specs: list[TableSpec] | None = None
+                              ) -> np.ndarray:
+    """The training patients re-read (default: the 150 breast patients) and placed with the
+    run's stored model, in the run's patient order."""
+    specs = specs or [TableSpec(n, BREAST / f"{n}_train.parquet")
+                      for n in ("mrna", "mirna", "protein")]
     frames, _maf = _read_inputs(rm, specs, [], None, id_column=None, fmt=None, layout="auto",
                                 tcga_barcodes=None, maf_classes=None, maf_covers_clinical=False)
     placement = place(rm, frames)
@@ -335,3 +338,40 @@ def test_single_patient_from_csv(breast: Path, tmp_path: Path) -> None:
     got = pl.read_parquet(tmp_path / "one.parquet")
     assert summary["placed"] == 1 and got["patient_id"].to_list() == row["patient_id"].to_list()
     assert got["cluster"].item() >= 0 and got["modalities_missing"].item() == "mrna,protein"
+
+
+# -- a run whose automatic geometry choice is the equal-variance one ----------------------
+def _weak_axis_cohort(path: Path) -> np.ndarray:
+    """Three groups on 60 weak genes under five strong group-free programmes (40 genes
+    each): the variance-weighted PCA scores cannot separate them."""
+    rng = np.random.default_rng(11)
+    n, p = 400, 300
+    groups = rng.integers(0, 3, n)
+    X = rng.normal(size=(n, p))
+    for m in range(5):
+        X[:, m * 40:(m + 1) * 40] += 2.0 * rng.normal(size=n)[:, None]
+    for g in range(3):
+        X[np.ix_(groups == g, np.arange(200 + 20 * g, 220 + 20 * g))] += 1.5
+    pl.DataFrame({"patient_id": [f"P{i:03d}" for i in range(n)],
+                  **{f"G{j:03d}": X[:, j] for j in range(p)}}).write_parquet(path)
+    return groups
+
+
+def test_automatic_equal_geometry_is_saved_and_reapplied(tmp_path: Path) -> None:
+    """`auto` picks the equal-variance geometry here; the run stores it (weights on the block
+    models, integrated.parquet in that space) so that placing the same patients again
+    reproduces the run's coordinates and clusters."""
+    table = tmp_path / "expr.parquet"
+    groups = _weak_axis_cohort(table)
+    store = tmp_path / "weak.cohort"
+    _cli("ingest", "-o", str(store), "--molecular", f"expr={table}")
+    _cli("cluster", str(store), "--seed", "0", "--bootstrap", "9")
+    rm = load_run(store)
+    params = json.loads((rm.run_dir / "params.json").read_text())
+    assert params["component_weight_used"] == "equal"
+    assert params["resolved"]["space"] == "equal"
+    order = {p: i for i, p in enumerate(pl.read_parquet(table)["patient_id"].to_list())}
+    truth = groups[[order[p] for p in rm.patient_ids]]
+    assert adjusted_rand_score(truth, rm.clusters) > 0.9
+    again = _training_tables_replaced(rm, [TableSpec("expr", table)])
+    assert np.allclose(again, rm.matrix, atol=1e-8)

@@ -102,31 +102,39 @@ def _three_groups(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndar
     return truth, centres[truth] + rng.normal(0, 1, (n, 2))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_competing_geometry_wins_when_groups_sit_on_weak_axes(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "landmarks"), [(0, 2000), (1, 2000), (0, 200)])
+def test_competing_geometry_wins_when_groups_sit_on_weak_axes(seed: int, landmarks: int) -> None:
     """Groups on two weak axes under three strong group-free ones: the variance-weighted
     space cannot separate them, the equal-variance one can; the bootstrap screening picks
-    it and the final partition (and embedding) come from it."""
+    it and the final partition (and embedding) come from it, on the landmark path too."""
     rng = np.random.default_rng(seed)
     truth, weak = _three_groups(rng, 600)
     Z = np.hstack([rng.normal(0, 12, (600, 3)), weak])
     equal = Z / Z.std(axis=0)
     res = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15, subsample=0.8,
-                       max_subsample=3000, workers=1, alternatives={"equal": equal})
+                       max_subsample=3000, workers=1, landmarks=landmarks,
+                       alternatives={"equal": equal})
     alone = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15,
-                         subsample=0.8, max_subsample=3000, workers=1)
+                         subsample=0.8, max_subsample=3000, workers=1, landmarks=landmarks)
     screening = res.chosen["space_screening"]["best_agreement_ari"]
     assert res.chosen["space"] == "equal" and screening["equal"] > screening["default"]
     assert adjusted_rand_score(truth, res.labels) > 0.95
     assert adjusted_rand_score(truth, alone.labels) < 0.5
     assert len(res.runs) == 6  # 2 screening runs reused + 4 more, all in the chosen space
+    if landmarks < 600:  # placement votes in the chosen space, which is also returned
+        assert res.chosen["landmarks"] == landmarks and res.embedding is equal
 
 
-def test_equally_stable_geometries_keep_the_default() -> None:
+def test_tied_geometries_keep_the_default_and_few_bootstraps_skip_the_screening() -> None:
     rng = np.random.default_rng(0)
-    truth, strong = _three_groups(rng, 600)
-    Z = np.hstack([strong, rng.normal(0, 0.3, (600, 4))])
-    res = auto_cluster(Z, seed=0, bootstrap=6, fixed_mcs=None, n_neighbors=15, subsample=0.8,
-                       max_subsample=3000, workers=1, alternatives={"equal": Z / Z.std(axis=0)})
-    assert res.chosen["space"] == "default"
+    truth, groups = _three_groups(rng, 600)
+    Z = np.hstack([groups, rng.normal(0, 0.3, (600, 4))])
+    kw = dict(seed=0, fixed_mcs=None, n_neighbors=15, subsample=0.8, max_subsample=3000,
+              workers=1)
+    res = auto_cluster(Z, bootstrap=6, alternatives={"same": Z.copy()}, **kw)
+    scores = res.chosen["space_screening"]["best_agreement_ari"]
+    assert scores["same"] == scores["default"] and res.chosen["space"] == "default"
     assert adjusted_rand_score(truth, res.labels) > 0.95
+    few = auto_cluster(Z, bootstrap=4, alternatives={"same": Z.copy()}, **kw)
+    assert few.chosen["space"] == "default"
+    assert "skipped" in few.chosen["space_screening"]

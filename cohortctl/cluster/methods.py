@@ -327,6 +327,9 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
         res.chosen["space_screening"] = {
             "bootstraps_each": bootstrap // SCREEN_FRACTION,
             "best_agreement_ari": {nm: round(v, 6) for nm, v in screening.items()}}
+    elif len(names) > 1:
+        res.chosen["space_screening"] = {
+            "skipped": f"fewer than {2 * SCREEN_FRACTION} bootstraps: {names[0]} kept"}
     return res
 
 

@@ -222,7 +222,8 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             max_subsample=opts.max_subsample, workers=_workers(opts.threads),
             landmarks=opts.landmarks,
             complete=np.all(np.column_stack(list(integ.present.values())), axis=1),
-            alternatives=alternatives, name="variance", progress=progress,
+            alternatives=alternatives, progress=progress,
+            name="equal" if opts.features.component_weight == "equal" else "variance",
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
     affinity_fn = None
@@ -289,7 +290,9 @@ def _params(opts: ClusterOptions, result: methods.ClusterResult,
         name: {"kind": m.kind, "features_used": len(m.features), "transform": m.transform,
                "components": int(m.components.shape[0]) if m.components is not None else 0,
                "explained_variance": round(float(sum(m.explained_variance_ratio)), 6),
-               "weight": round(1.0 / m.first_singular_value, 8), "dropped": m.dropped}
+               "weight": round(1.0 / m.first_singular_value, 8),
+               "component_weights": [round(w, 6) for w in m.component_weights] or None,
+               "dropped": m.dropped}
         for name, m in models.items()
     }
     d["versions"] = version_info()
