@@ -166,12 +166,22 @@ class BlockModel:
         self.components = vt[:k]
         self.explained_variance_ratio = ratio[:k].tolist()
         self.first_singular_value = float(s[0]) / np.sqrt(n) if s[0] > 0 else 1.0
-        if settings.component_weight == "equal" and self.kind != "clinical":
-            self.component_weights = self.equal_component_weights().tolist()
+        if settings.component_weight == "equal":
+            self.use_equal_weights()
 
-    def equal_component_weights(self) -> np.ndarray:
-        """Multipliers that give each kept component the same variance (block total kept)."""
+    def equal_component_weights(self) -> np.ndarray | None:
+        """Multipliers that give each kept component the same variance (block total kept);
+        None for a clinical block, which is never reweighted (its columns are variables the
+        user named one by one)."""
+        if self.kind == "clinical":
+            return None
         return equal_variance_weights(np.sqrt(np.asarray(self.explained_variance_ratio)))
+
+    def use_equal_weights(self) -> None:
+        """Switch the block to the equal-variance geometry (clinical blocks stay as they are)."""
+        weights = self.equal_component_weights()
+        if weights is not None:
+            self.component_weights = weights.tolist()
 
     def _scores(self, Xs: np.ndarray) -> np.ndarray:
         """Standardised rows -> weighted block scores (the integrated space's columns)."""
@@ -261,9 +271,7 @@ def equal_variance_weights(singular: np.ndarray) -> np.ndarray:
     if s.size == 0 or s[0] <= 0:
         return np.ones(s.size)
     s = np.where(s > 0, s, s[0])
-    w = s[0] / s
-    rel = s / s[0]
-    return w * np.sqrt(np.sum(rel**2) / (rel.size * 1.0))
+    return (s[0] / s) * np.sqrt(np.mean((s / s[0]) ** 2))
 
 
 def _top_singular(X: np.ndarray, k: int, *, vectors: bool = True

@@ -447,6 +447,7 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
     deadlock the child.
     """
     n = Z.shape[0]
+
     def reference() -> np.ndarray | None:
         if not embed:
             return None

@@ -173,8 +173,7 @@ def cluster(store: Store, opts: ClusterOptions,
         if result.chosen.get("space") in alternatives:
             integ = alternatives[result.chosen["space"]]
             for m in models.values():
-                if m.kind != "clinical":
-                    m.component_weights = m.equal_component_weights().tolist()
+                m.use_equal_weights()
     labels = result.labels.copy()
     if opts.assign_noise:
         labels = result.nearest.copy()
@@ -200,12 +199,11 @@ def _alternative_geometries(models: dict[str, BlockModel], scores: BlockScores,
     when every block kept a single component, or for the K-based methods)."""
     if opts.features.component_weight != "auto" or opts.method not in ("auto", "hdbscan"):
         return {}
-    weighted = {name: m for name, m in models.items()
-                if m.kind != "clinical" and len(m.explained_variance_ratio) > 1}
-    if not weighted:
+    weights = {name: w for name, m in models.items()
+               if (w := m.equal_component_weights()) is not None and w.size > 1}
+    if not weights:
         return {}
-    equal = {name: (ids, s * weighted[name].equal_component_weights() if name in weighted
-                    else s)
+    equal = {name: (ids, s * weights[name] if name in weights else s)
              for name, (ids, s) in scores.items()}
     return {"equal": integrate(equal, k_impute=K_IMPUTE)}
 
@@ -299,8 +297,9 @@ def _params(opts: ClusterOptions, result: methods.ClusterResult,
     rule = ("components above the permutation noise floor (parallel analysis, max-null)"
             if opts.features.components == "noise" else
             f"components to {opts.features.variance:.0%} variance")
-    used = ("equal" if "equal" in (opts.features.component_weight, result.chosen.get("space"))
-            else "variance")
+    # auto/hdbscan name the space they clustered; K methods use the setting (auto: variance).
+    used = result.chosen.get("space",
+                             "equal" if opts.features.component_weight == "equal" else "variance")
     equal = ("every kept component rescaled to the same variance (block total kept), "
              if used == "equal" else "")
     d["component_weight_used"] = used
