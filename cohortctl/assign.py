@@ -3,8 +3,9 @@
 New tables are read with the same readers and validation as ``ingest``; the run's stored
 preprocessing (feature lists, transforms, imputation values, scaling, PCA loadings and
 block weights -- JSON + Parquet only, never pickle) is re-applied, and each patient is
-placed in the run's integrated space and assigned by a vote of its nearest training
-patients. Every rule and constant is documented in :func:`assign`.
+placed in the run's integrated space and assigned by the run's placement rule
+(:mod:`cohortctl.cluster.placement`, the vote ``cluster`` itself places patients by) among
+its nearest training patients. Every rule and constant is documented in :func:`assign`.
 
 The run is verified first (every file's SHA-256 against ``run.json``, run format version,
 model shapes); a tampered, truncated or incompatible artefact is refused (exit 65).
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from cohortctl.cluster.placement import PlacementRule, reference_floor
+from cohortctl.cluster.placement import place as place_by_vote
 from cohortctl.errors import InputDataError, OutputError, UsageError
 from cohortctl.features import BlockModel, impute_missing_blocks
 from cohortctl.io.readers import TableSpec
@@ -30,11 +33,6 @@ from cohortctl.store import Store, atomic_file, verify_run
 
 log = logging.getLogger("cohortctl")
 
-#: Training patients voting for a new patient's cluster: at most the smallest cluster's
-#: size (so that even the smallest cluster can win a vote outright), but never fewer than
-#: ``K_VOTE_MIN`` (a 1- or 2-patient cluster must not turn the vote into 1-NN).
-K_VOTE = 10
-K_VOTE_MIN = 5
 #: Members of a cluster whose mean distance measures "how far from that cluster".
 K_NOVEL = 5
 #: A patient is novel beyond this percentile of the training patients' own distances.
@@ -43,11 +41,9 @@ NOVEL_PERCENTILE = 99.0
 MAX_ABSENT_FEATURES = 0.5
 #: A patient uses a block only when at least this fraction of its features is observed.
 MIN_PATIENT_COVERAGE = 0.5
-#: Complete training patients averaged to fill a missing block (``features.integrate``'s
-#: default, with which the run was built).
-K_IMPUTE = 10
-#: Vote weights are ``1 / (distance + WEIGHT_FLOOR * median nearest-neighbour distance)``.
-WEIGHT_FLOOR = 0.1
+#: Complete training patients averaged to fill a missing block, for a run whose
+#: ``model/integration.json`` does not record its own ``k_impute``.
+DEFAULT_K_IMPUTE = 10
 
 OUTPUT_COLUMNS = ("patient_id", "cluster", "confidence", "nearest_cluster", "novel",
                   "distance", "modalities_used", "modalities_missing")
@@ -70,6 +66,12 @@ class RunModel:
     complete: np.ndarray  # training patient had every block (imputation reference)
     imputed: dict[str, list[str]]
     params: dict[str, Any]
+    #: the run's per-patient confidence (weights the vote's confidence, like ``cluster``)
+    confidence: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: complete patients averaged to fill a missing block, as recorded by the run
+    k_impute: int = DEFAULT_K_IMPUTE
+    #: the placement rule the run recorded (``params.json``: ``resolved.placement_rule``)
+    rule: PlacementRule = field(default_factory=PlacementRule)
 
     @property
     def index(self) -> dict[str, int]:
@@ -98,8 +100,16 @@ def load_run(store: Store | str | Path, run: str = "latest") -> RunModel:
                    for b in names}
         blocks = {b: BlockModel.load(model_dir, b) for b in names}
         space = pl.read_parquet(model_dir / "integrated.parquet")
-        assigned = pl.read_parquet(run_dir / "assignments.parquet",
-                                   columns=["patient_id", "cluster", "nearest_cluster"])
+        assigned = pl.read_parquet(run_dir / "assignments.parquet")
+        if "confidence" not in assigned.columns:
+            assigned = assigned.with_columns(pl.lit(1.0).alias("confidence"))
+        assigned = assigned.select("patient_id", "cluster", "nearest_cluster", "confidence")
+        k_impute = int(integ.get("k_impute", DEFAULT_K_IMPUTE))
+        if k_impute < 1:
+            raise ValueError(f"k_impute {k_impute} < 1")
+        resolved = params.get("resolved") or {}
+        rule = PlacementRule.from_dict(resolved.get("placement_rule")
+                                       if isinstance(resolved, dict) else None)
     except InputDataError:
         raise
     except Exception as exc:  # noqa: BLE001 - any decode/shape failure is an incompatibility
@@ -121,6 +131,9 @@ def load_run(store: Store | str | Path, run: str = "latest") -> RunModel:
         patient_ids=ids, matrix=matrix, clusters=joined["cluster"].to_numpy().astype(np.int64),
         nearest=joined["nearest_cluster"].fill_null(-1).to_numpy().astype(np.int64),
         complete=complete, imputed=imputed, params=params,
+        confidence=joined["confidence"].fill_null(0.0).fill_nan(0.0).to_numpy()
+        .astype(np.float64),
+        k_impute=k_impute, rule=rule,
     )
 
 
@@ -270,7 +283,7 @@ def place(rm: RunModel, frames: dict[str, pl.DataFrame], from_maf: set[str] | No
     if need.any():
         sub = {b: m[placed] for b, m in present.items()}
         filled = impute_missing_blocks(M[placed], sub, rm.slices, np.zeros(int(placed.sum()), bool),
-                                       K_IMPUTE, reference=rm.matrix[rm.complete])
+                                       rm.k_impute, reference=rm.matrix[rm.complete])
         M[placed] = filled
     return placement
 
@@ -303,15 +316,22 @@ def _check_absent(rm: RunModel, block: str, what: str, absent: list[str]) -> Non
 # -- assigning -----------------------------------------------------------------------------
 @dataclass
 class Reference:
-    """Training patients that vote (assigned ones only) and the novelty threshold."""
+    """Training patients that vote (all of them; unassigned ones vote as -1), the run's
+    placement rule and the novelty threshold (from the assigned patients)."""
 
     matrix: np.ndarray
-    clusters: np.ndarray
-    labels: list[int]
+    clusters: np.ndarray  # -1 = unassigned training patient
+    confidence: np.ndarray
+    labels: list[int]  # the run's clusters (-1 excluded)
+    rule: PlacementRule
     floor: float
     threshold: float
-    k_vote: int
     k_novel: dict[int, int]
+
+    @property
+    def k_vote(self) -> int:
+        """Training patients that vote for each new patient (``rule.k``, capped)."""
+        return max(1, min(self.rule.k, self.matrix.shape[0]))
 
     @classmethod
     def from_run(cls, rm: RunModel) -> Reference:
@@ -324,10 +344,6 @@ class Reference:
             raise InputDataError(f"{rm.run_dir}: fewer than 2 assigned training patients; "
                                  "nothing to assign new patients to")
         labels = sorted(int(c) for c in np.unique(y))
-        nn = NearestNeighbors(n_neighbors=2).fit(X)
-        d1 = nn.kneighbors(X)[0][:, 1]
-        pos = d1[d1 > 0]
-        floor = WEIGHT_FLOOR * float(np.median(pos)) if pos.size else 1e-12
         k_novel, own = {}, []
         for c in labels:
             members = X[y == c]
@@ -338,21 +354,18 @@ class Reference:
             d = NearestNeighbors(n_neighbors=k + 1).fit(members).kneighbors(members)[0]
             own.append(d[:, 1:].mean(axis=1))
         threshold = float(np.percentile(np.concatenate(own), NOVEL_PERCENTILE)) if own else 0.0
-        smallest = min(int((y == c).sum()) for c in labels)
-        k_vote = max(1, min(K_VOTE, max(K_VOTE_MIN, smallest), X.shape[0]))
-        return cls(X, y, labels, max(floor, 1e-12), threshold, k_vote, k_novel)
+        conf = rm.confidence if rm.confidence.shape == rm.clusters.shape else np.ones(
+            rm.clusters.shape)
+        return cls(rm.matrix, rm.clusters, conf, labels, rm.rule,
+                   reference_floor(rm.matrix, rm.rule), threshold, k_novel)
 
     def classify(self, Z: np.ndarray) -> dict[str, np.ndarray]:
-        """Weighted kNN vote, distance to the nearest cluster's members, novelty flag."""
+        """The run's placement vote, distance to the nearest cluster's members, novelty."""
         from sklearn.neighbors import NearestNeighbors
 
         n = Z.shape[0]
-        d, idx = NearestNeighbors(n_neighbors=self.k_vote).fit(self.matrix).kneighbors(Z)
-        w = 1.0 / (d + self.floor)
-        votes = np.column_stack([(w * (self.clusters[idx] == c)).sum(axis=1)
-                                 for c in self.labels])
-        win = np.argmax(votes, axis=1)  # ties: lowest cluster id
-        conf = votes[np.arange(n), win] / w.sum(axis=1)
+        cluster, conf, share = place_by_vote(self.matrix, self.clusters, self.confidence, Z,
+                                             self.rule, floor=self.floor)
         per_cluster = np.column_stack([
             NearestNeighbors(n_neighbors=min(self.k_novel[c], int((self.clusters == c).sum())))
             .fit(self.matrix[self.clusters == c]).kneighbors(Z)[0].mean(axis=1)
@@ -361,9 +374,9 @@ class Reference:
         near = np.argmin(per_cluster, axis=1)
         dist = per_cluster[np.arange(n), near]
         labels = np.asarray(self.labels, dtype=np.int64)
-        return {"cluster": labels[win], "confidence": np.round(conf, 6),
-                "nearest_cluster": labels[near], "distance": dist,
-                "novel": dist > self.threshold}
+        return {"cluster": cluster, "confidence": np.round(conf, 6),
+                "share": np.round(share, 6), "nearest_cluster": labels[near],
+                "distance": dist, "novel": dist > self.threshold}
 
 
 def assign(
@@ -395,14 +408,26 @@ def assign(
       ``MIN_PATIENT_COVERAGE`` (50%) of its features are observed for them.
     * **Missing modalities**: a patient lacking a block of the run is placed from the
       blocks it has, exactly like training patients were: the missing block's scores are
-      the mean of its ``K_IMPUTE`` (10) nearest complete training patients, measured on
-      the blocks it has. ``modalities_used`` / ``modalities_missing`` list them.
-    * **Cluster**: vote of the ``K_VOTE`` (10; fewer when the smallest cluster is
-      smaller, down to ``K_VOTE_MIN`` = 5) nearest training patients in the integrated
-      space (Euclidean), each weighted ``1 / (d + 0.1 * median training nearest-neighbour
-      distance)``; ``confidence`` = the winner's share of the weights.
-      Unassigned (noise, -1) training patients do not vote: HDBSCAN found they belong to
-      no cluster, so they cannot vouch for one.
+      the mean of its ``k_impute`` nearest complete training patients, measured on the
+      blocks it has -- the ``k_impute`` the run recorded in ``model/integration.json``
+      (``DEFAULT_K_IMPUTE`` = 10 for a run that does not record it).
+      ``modalities_used`` / ``modalities_missing`` list them.
+    * **Cluster**: the run's placement rule (``PlacementRule`` of
+      :mod:`cohortctl.cluster.placement`, recorded in ``params.json`` as
+      ``resolved.placement_rule``; its defaults for runs that do not record it) -- the
+      same vote ``cluster`` places its non-landmark and unsure patients by. The ``k`` (15)
+      nearest training patients in the integrated space (Euclidean) vote, each weighted
+      ``1 / (d + floor)`` with ``floor = floor_fraction`` (0.1) ``x`` the training
+      patients' median nearest-neighbour distance; ``confidence`` = the winner's share of
+      the weights x the mean run confidence of the training patients that voted for it.
+      Unassigned (noise, -1) training patients vote too, as "-1", exactly as on the
+      ``cluster`` side: a new patient among the run's noise stays unassigned. A new patient
+      whose winning share is below the rule's ``majority`` (50%), or whose vote is won by
+      "-1", gets ``cluster`` -1 (unassigned; its ``confidence`` is still the winning
+      vote's, and ``nearest_cluster`` / ``distance`` / ``novel`` are still reported). If
+      the run attached its unassigned patients to their nearest cluster
+      (``--assign-noise``), so does ``assign``: such a patient gets its
+      ``nearest_cluster``. Ties go to the lowest label (-1 first).
     * **Novel**: for every assigned training patient, the mean distance to its
       ``K_NOVEL`` (5) nearest fellow members of its cluster; the threshold is the
       ``NOVEL_PERCENTILE`` (99th) percentile of these. A new patient's ``distance`` is
@@ -410,7 +435,12 @@ def assign(
       nearest members (``nearest_cluster`` is that cluster); ``novel`` when it exceeds
       the threshold, i.e. it is farther from every cluster than 99% of training patients
       are from their own. Novel patients keep their voted cluster: filter on ``novel``.
-    * Patients with no usable block get cluster -1 and nulls.
+    * Patients with no usable block are not placed: cluster -1 and nulls (also in
+      ``nearest_cluster``, which tells them apart from placed but unassigned patients).
+
+    The summary counts ``placed`` (in the integrated space: ``assigned`` + ``unassigned``)
+    and ``not_placed`` patients; ``clusters`` and ``mean_confidence`` cover the assigned
+    ones, ``novel`` all placed ones.
 
     ``out`` is written atomically and never replaced without ``force``; it may not be
     inside the store's ``runs/`` (that would break the run's checksums).
@@ -454,7 +484,10 @@ def _result_table(rm: RunModel, placement: Placement, ref: Reference) -> pl.Data
     novel = np.zeros(n, dtype=bool)
     if placed.any():
         res = ref.classify(placement.matrix[placed])
-        cluster[placed], nearest[placed] = res["cluster"], res["nearest_cluster"]
+        voted = res["cluster"]
+        if rm.params.get("assign_noise"):  # the run attached its unassigned patients
+            voted = np.where(voted >= 0, voted, res["nearest_cluster"])
+        cluster[placed], nearest[placed] = voted, res["nearest_cluster"]
         conf[placed], dist[placed], novel[placed] = (res["confidence"], res["distance"],
                                                      res["novel"])
     used = [",".join(b for b in rm.blocks if placement.present[b][i]) for i in range(n)]
@@ -475,27 +508,33 @@ def _result_table(rm: RunModel, placement: Placement, ref: Reference) -> pl.Data
 
 def _summary(rm: RunModel, placement: Placement, ref: Reference, table: pl.DataFrame,
              out: Path) -> dict[str, Any]:
-    placed = table.filter(pl.col("cluster") >= 0)
-    sizes = placed.group_by("cluster").len().sort("cluster")
+    placed = table.filter(pl.col("nearest_cluster").is_not_null())
+    assigned = placed.filter(pl.col("cluster") >= 0)
+    sizes = assigned.group_by("cluster").len().sort("cluster")
     training = set(rm.patient_ids)
     return {
         "out": str(out),
         "run": rm.name,
         "patients": table.height,
         "placed": placed.height,
+        "assigned": assigned.height,
+        "unassigned": placed.height - assigned.height,
         "not_placed": table.height - placed.height,
         "clusters": {str(c): int(k) for c, k in sizes.iter_rows()},
         "novel": int(placed["novel"].sum()),
-        "mean_confidence": None if placed.is_empty() else round(
-            float(placed["confidence"].mean()), 6),
+        "mean_confidence": None if assigned.is_empty() else round(
+            float(assigned["confidence"].mean()), 6),
         "patients_missing_block": {b: int((~m).sum()) for b, m in placement.present.items()},
         "absent_features": placement.absent_features,
         "patients_also_in_run": sum(1 for p in placement.patient_ids if p in training),
         "rules": {
-            "k_vote": ref.k_vote, "k_novel": K_NOVEL, "novel_percentile": NOVEL_PERCENTILE,
-            "novel_threshold": round(ref.threshold, 6), "max_absent_features": MAX_ABSENT_FEATURES,
-            "min_patient_coverage": MIN_PATIENT_COVERAGE, "k_impute": K_IMPUTE,
-            "noise_training_patients": "excluded from the vote",
+            "placement_rule": ref.rule.to_dict(), "k_vote": ref.k_vote,
+            "weight_floor": round(ref.floor, 6), "k_novel": K_NOVEL,
+            "novel_percentile": NOVEL_PERCENTILE, "novel_threshold": round(ref.threshold, 6),
+            "max_absent_features": MAX_ABSENT_FEATURES,
+            "min_patient_coverage": MIN_PATIENT_COVERAGE, "k_impute": rm.k_impute,
+            "noise_training_patients": "vote as unassigned (-1)",
+            "unassigned_attached_to_nearest": bool(rm.params.get("assign_noise")),
         },
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -17,11 +18,14 @@ from cohortctl.assign import (
     Reference,
     RunModel,
     _read_inputs,
+    _result_table,
     assign,
     load_run,
     place,
 )
 from cohortctl.cli import main
+from cohortctl.cluster.placement import PlacementRule
+from cohortctl.cluster.placement import place as place_by_vote
 from cohortctl.errors import EXIT_CANTCREAT, EXIT_DATA, EXIT_USAGE, CohortError
 from cohortctl.io.readers import TableSpec
 from cohortctl.store import sha256_file
@@ -61,7 +65,8 @@ def breast_test_assigned(breast: Path, tmp_path_factory: pytest.TempPathFactory
 
 def _training_assignments(store: Path) -> pl.DataFrame:
     run = load_run(store)
-    return pl.DataFrame({"patient_id": run.patient_ids, "train_cluster": run.clusters})
+    return pl.DataFrame({"patient_id": run.patient_ids, "train_cluster": run.clusters,
+                         "train_confidence": run.confidence})
 
 
 def test_breast_held_out_patients_match_reference_subtype(breast: Path,
@@ -90,7 +95,7 @@ def test_breast_held_out_patients_match_reference_subtype(breast: Path,
     assert summary["placed"] == 70 and summary["patients_also_in_run"] == 0
 
 
-def test_output_schema_and_values(breast_test_assigned) -> None:
+def test_output_schema_and_values(breast: Path, breast_test_assigned) -> None:
     table, summary = breast_test_assigned
     assert table.columns == ["patient_id", "cluster", "confidence", "nearest_cluster", "novel",
                              "distance", "modalities_used", "modalities_missing"]
@@ -99,8 +104,20 @@ def test_output_schema_and_values(breast_test_assigned) -> None:
     assert (table["distance"] >= 0).all()
     assert table["novel"].dtype == pl.Boolean
     assert table["novel"].mean() <= 0.1  # in-distribution patients are rarely novel
-    assert set(table["cluster"].to_list()) <= {int(c) for c in summary["clusters"]}
+    # Placed patients without a majority for one cluster are unassigned (-1), like the
+    # run's own unassigned patients; they still have a nearest cluster.
+    assert set(table["cluster"].to_list()) - {-1} <= {int(c) for c in summary["clusters"]}
+    unassigned = table.filter(pl.col("cluster") == -1)
+    assert unassigned["nearest_cluster"].null_count() == 0
+    assert summary["unassigned"] == unassigned.height
+    assert summary["assigned"] == sum(summary["clusters"].values()) == table.height - \
+        unassigned.height
+    assert summary["placed"] == summary["assigned"] + summary["unassigned"] == 70
     assert summary["rules"]["k_vote"] >= 1 and summary["rules"]["novel_threshold"] > 0
+    rm = load_run(breast)
+    assert summary["rules"]["placement_rule"] == rm.rule.to_dict()
+    assert summary["rules"]["noise_training_patients"] == "vote as unassigned (-1)"
+    assert summary["rules"]["k_impute"] == rm.k_impute
 
 
 def test_training_patients_assigned_back_land_in_their_cluster(breast: Path, tmp_path: Path,
@@ -117,7 +134,103 @@ def test_training_patients_assigned_back_land_in_their_cluster(breast: Path, tmp
         print(f"\n[assign] training patients back in their own cluster: {same:.1%} of "
               f"{assigned.height} assigned (noise patients: {got.height - assigned.height})")
     assert same >= 0.99
+    # Confidently assigned training patients come back exactly where the run put them.
+    sure = got.filter((pl.col("train_cluster") >= 0) & (pl.col("train_confidence") >= 0.8))
+    assert sure.height > 0.5 * got.height
+    assert (sure["cluster"] == sure["train_cluster"]).all()
     assert set(got["modalities_missing"]) == {""}
+
+
+def _with_noise(rm: RunModel, size: int = 12) -> tuple[RunModel, int]:
+    """The run as if HDBSCAN had left one patient and its nearest neighbours unassigned."""
+    centre = int(np.argmax(rm.confidence))
+    d = np.linalg.norm(rm.matrix - rm.matrix[centre], axis=1)
+    noise = np.argsort(d, kind="stable")[:size]
+    clusters, conf = rm.clusters.copy(), rm.confidence.copy()
+    clusters[noise], conf[noise] = -1, 0.5
+    return dataclasses.replace(rm, clusters=clusters, confidence=conf), centre
+
+
+def test_unassigned_training_patients_vote_like_in_cluster(breast: Path) -> None:
+    """Training patients the run left unassigned vote as -1 (the shared placement rule):
+    a new patient amid them stays unassigned but still gets a nearest cluster, and the
+    confidently assigned training patients are reproduced."""
+    rm, centre = _with_noise(load_run(breast))
+    ref = Reference.from_run(rm)
+    assert ref.matrix.shape[0] == len(rm.patient_ids)  # noise patients are in the vote
+    assert -1 not in ref.labels
+    res = ref.classify(rm.matrix)
+    assert res["cluster"][centre] == -1
+    assert res["nearest_cluster"][centre] >= 0
+    new = ref.classify(rm.matrix[centre:centre + 1] + 1e-6)
+    assert new["cluster"].tolist() == [-1] and new["nearest_cluster"][0] >= 0
+    sure = (rm.clusters >= 0) & (rm.confidence >= 0.8)
+    assert float((res["cluster"][sure] == rm.clusters[sure]).mean()) >= 0.98
+    # The same vote as the cluster side's shared rule, on the same reference.
+    labels, _conf, _share = place_by_vote(rm.matrix, rm.clusters, rm.confidence, rm.matrix,
+                                          PlacementRule())
+    assert np.array_equal(labels, res["cluster"])
+
+
+def test_run_attaching_noise_gets_new_unassigned_attached_too(breast: Path) -> None:
+    rm = load_run(breast)
+    strict = dataclasses.replace(rm, rule=PlacementRule(majority=0.99))
+    specs = [TableSpec("mrna", BREAST / "mrna_test.parquet")]
+    frames, _maf = _read_inputs(rm, specs, [], None, id_column=None, fmt=None, layout="auto",
+                                tcga_barcodes=None, maf_classes=None, maf_covers_clinical=False)
+    placement = place(rm, frames)
+    table = _result_table(strict, placement, Reference.from_run(strict))
+    lonely = table.filter(pl.col("cluster") == -1)
+    assert lonely.height > 0 and lonely["nearest_cluster"].null_count() == 0
+    attach = dataclasses.replace(strict, params={**rm.params, "assign_noise": True})
+    attached = _result_table(attach, placement, Reference.from_run(attach))
+    assert (attached["cluster"] >= 0).all()
+    back = attached.join(lonely.select("patient_id", "nearest_cluster"), on="patient_id",
+                         suffix="_lonely")
+    assert (back["cluster"] == back["nearest_cluster_lonely"]).all()
+
+
+def _rechecksum(run: Path, *names: str) -> None:
+    meta = json.loads((run / "run.json").read_text())
+    for name in names:
+        meta["files"][name] = sha256_file(run / name)
+    (run / "run.json").write_text(json.dumps(meta))
+
+
+def test_recorded_placement_rule_and_imputation_are_reused(breast_copy: Path,
+                                                           tmp_path: Path) -> None:
+    """``assign`` places by the rule and imputes with the ``k_impute`` the run recorded
+    (defaults when an older run records neither)."""
+    run = _run_dir(breast_copy)
+    params = json.loads((run / "params.json").read_text())
+    integ = json.loads((run / "model" / "integration.json").read_text())
+    params.setdefault("resolved", {})["placement_rule"] = {"k": 5, "majority": 0.9}
+    (run / "params.json").write_text(json.dumps(params))
+    (run / "model" / "integration.json").write_text(json.dumps({**integ, "k_impute": 2}))
+    _rechecksum(run, "params.json", "model/integration.json")
+    rm = load_run(breast_copy)
+    assert rm.rule == PlacementRule(k=5, floor_fraction=0.1, majority=0.9)
+    assert rm.k_impute == 2
+    specs = [TableSpec("mrna", BREAST / "mrna_test.parquet")]
+    frames, _maf = _read_inputs(rm, specs, [], None, id_column=None, fmt=None, layout="auto",
+                                tcga_barcodes=None, maf_classes=None, maf_covers_clinical=False)
+    two = place(rm, frames).matrix
+    ten = place(dataclasses.replace(rm, k_impute=10), frames).matrix
+    s0, s1 = rm.slices["mrna"]
+    assert np.allclose(two[:, s0:s1], ten[:, s0:s1])  # the given block is not imputed
+    assert not np.allclose(two, ten)  # the missing ones are, with the recorded k
+    summary = assign(breast_copy, molecular=specs, out=tmp_path / "a.parquet")
+    assert summary["rules"]["placement_rule"] == {"k": 5, "floor_fraction": 0.1,
+                                                  "majority": 0.9}
+    assert summary["rules"]["k_vote"] == 5 and summary["rules"]["k_impute"] == 2
+    # An older run that records neither gets the defaults.
+    del params["resolved"]["placement_rule"]
+    (run / "params.json").write_text(json.dumps(params))
+    (run / "model" / "integration.json").write_text(
+        json.dumps({k: v for k, v in integ.items() if k != "k_impute"}))
+    _rechecksum(run, "params.json", "model/integration.json")
+    rm = load_run(breast_copy)
+    assert rm.rule == PlacementRule() and rm.k_impute == 10
 
 
 def _training_tables_replaced(rm: RunModel, specs: list[TableSpec] | None = None
@@ -357,15 +470,17 @@ def _weak_axis_cohort(path: Path) -> np.ndarray:
     return groups
 
 
-def test_automatic_equal_geometry_is_saved_and_reapplied(tmp_path: Path) -> None:
-    """`auto` picks the equal-variance geometry here; the run stores it (weights on the block
-    models, integrated.parquet in that space) so that placing the same patients again
-    reproduces the run's coordinates and clusters."""
+def test_equal_geometry_is_saved_and_reapplied(tmp_path: Path) -> None:
+    """The equal-variance geometry (chosen by `auto` only on landmark cohorts, see
+    test_landmarks; asked for here) is stored with the run (weights on the block models,
+    integrated.parquet in that space) so that placing the same patients again reproduces
+    the run's coordinates and clusters."""
     table = tmp_path / "expr.parquet"
     groups = _weak_axis_cohort(table)
     store = tmp_path / "weak.cohort"
     _cli("ingest", "-o", str(store), "--molecular", f"expr={table}")
-    _cli("cluster", str(store), "--seed", "0", "--bootstrap", "9")
+    _cli("cluster", str(store), "--seed", "0", "--bootstrap", "9", "--component-weight",
+         "equal")
     rm = load_run(store)
     params = json.loads((rm.run_dir / "params.json").read_text())
     assert params["component_weight_used"] == "equal"
