@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 OUT    ?= out/demo
 SEED   ?= 0
 
-.PHONY: demo test test-fast test-slow lint bench bench-smoke browser-deps clean help
+.PHONY: demo test test-fast test-slow lint bench bench-smoke validate browser-deps clean help
 
 help:
 	@echo "make demo        install into $(VENV) and run ingest -> cluster -> report on sample_data/"
@@ -14,6 +14,7 @@ help:
 	@echo "make test-fast   the suite without slow (fault-injection, browser) tests"
 	@echo "make bench       benchmarks at cohort scale -> docs/benchmarks.md"
 	@echo "make bench-smoke small-size benchmark run"
+	@echo "make validate    model selection across datasets and seeds -> docs/validation.md"
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +70,9 @@ bench-smoke: $(STAMP)
 	  $(BIN)/python -m pip install --quiet -e '.[bench]' && rm -f $(VENV)/.bench-installed-* \
 	  && touch $(subst .installed-,.bench-installed-,$(STAMP)); }
 	$(BIN)/python bench/run.py --smoke --out out/bench-smoke.md $(BENCH_ARGS)
+
+validate: $(STAMP)
+	$(BIN)/python bench/validate.py --out docs/validation.md --seeds $(or $(SEEDS),0-9) $(VALIDATE_ARGS)
 
 clean:
 	rm -rf out .pytest_cache

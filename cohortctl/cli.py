@@ -203,6 +203,7 @@ def ingest(
 @app.command(epilog="Examples:\n\n  cohortctl cluster cohort --seed 0\n\n"
              "  cohortctl cluster cohort --method kmeans --k-range 2..6 --json\n\n"
              "  cohortctl cluster cohort --modalities mrna --component-weight equal\n\n"
+             "  cohortctl cluster cohort --max-groups 5 --min-group-fraction 0.05\n\n"
              "  cohortctl ingest ... -o cohort | cohortctl cluster | cohortctl report -o r.html"
              "\n\n" + EXIT_HELP)
 @_guarded
@@ -215,6 +216,8 @@ def cluster(
     k_range: Annotated[str, typer.Option(help="K values to try, e.g. 2..8.")] = "2..8",
     k_criterion: Annotated[str, typer.Option(help="silhouette|pac: how K is chosen.")] = "silhouette",
     min_cluster_size: Annotated[int | None, typer.Option(help="HDBSCAN minimum cluster size (default: scanned from cohort size).")] = None,
+    max_groups: Annotated[int, typer.Option(help="auto/hdbscan: most groups a chosen partition may have.")] = 8,
+    min_group_fraction: Annotated[float, typer.Option(help="auto/hdbscan: smallest group allowed, as a fraction of the cohort (never below 5 patients).")] = 0.03,
     n_neighbors: Annotated[int, typer.Option(help="UMAP neighbours.")] = 15,
     top_features: Annotated[int, typer.Option(help="Most variable features kept per molecular table.")] = 2000,
     max_missing: Annotated[float, typer.Option(help="Drop features missing in more than this fraction.")] = 0.2,
@@ -247,7 +250,8 @@ def cluster(
     opts = ClusterOptions(
         modalities=_split(modalities), with_clinical=_split(with_clinical) or [],
         method=method, k=k, k_range=parse_k_range(k_range), k_criterion=k_criterion,
-        min_cluster_size=min_cluster_size, n_neighbors=n_neighbors, seed=seed,
+        min_cluster_size=min_cluster_size, max_groups=max_groups,
+        min_group_fraction=min_group_fraction, n_neighbors=n_neighbors, seed=seed,
         bootstrap=bootstrap, assign_noise=assign_noise, run=run, threads=threads,
         features=FeatureSettings(max_missing=max_missing, top_features=top_features,
                                  min_mutated=min_mutated, components=components,
@@ -258,9 +262,19 @@ def cluster(
     metrics = json.loads((path / "metrics.json").read_text())
     log.info("%d clusters (%s), %d unassigned -> %s", metrics["n_clusters"],
              metrics["cluster_sizes"], metrics["unassigned"], path)
+    selection = (metrics.get("selected") or {}).get("selection") or {}
+    if selection and not selection.get("structure", True):
+        log.warning("no stable structure: %s; every patient is in one group",
+                    selection.get("reason"))
+    elif selection and not selection.get("decisive", True):
+        log.warning("the choice of %s groups is not decisive (score margin %s over the "
+                    "runner-up); compare seeds before relying on it",
+                    metrics["n_clusters"], selection.get("margin"))
     _emit(st.root, {"run": path.name, "run_path": str(path),
                     **{k: metrics[k] for k in ("n_patients", "n_clusters", "unassigned",
-                                               "silhouette", "stability")}}, as_json)
+                                               "silhouette", "stability")},
+                    "structure": selection.get("structure", True),
+                    "selection_margin": selection.get("margin")}, as_json)
 
 
 def _split(text: str | None) -> list[str] | None:

@@ -55,6 +55,9 @@ class FeatureSettings:
     transform: str = "auto"  # auto | none | mvalue | log1p
 
 
+NULL_SAMPLE_ROWS = 1000  # rows kept from a discrete block for the model-selection null
+
+
 @dataclass
 class BlockModel:
     """Fitted preprocessing of one modality (a 'block')."""
@@ -142,6 +145,13 @@ class BlockModel:
         assert self.components is not None
         #: Training scores, identical to ``transform_frame`` on the same table.
         self.fit_scores = (self._scores(Xs), observed)
+        #: Discrete blocks (mutations, 0/1 calls): standardised rows from which the model
+        #: selection draws its no-structure null (each feature permuted on its own, so the
+        #: values stay discrete). A fixed-seed sample; never saved.
+        self.discrete_sample = None
+        if binary and self.kind != "clinical":
+            take = np.random.default_rng(0).permutation(n)[:NULL_SAMPLE_ROWS]
+            self.discrete_sample = Xs[np.sort(take)].copy()
         self.n_fit_patients = n
         for key, count in (getattr(self, "prefiltered", None) or {}).items():
             self.dropped[key] = self.dropped.get(key, 0) + count

@@ -72,7 +72,8 @@ def test_json_and_markdown_formats_from_stored_run(breast_pipeline: Path) -> Non
 def test_laml_maf_pipeline_with_survival(tmp_path: Path) -> None:
     cli = " ".join(CLI)
     cmd = (f"{cli} ingest -o laml --clinical {LAML}/clinical.tsv --genetic {LAML}/mutations.maf.gz"
-           f" | {cli} cluster --bootstrap 10 | {cli} report --format json -o laml.json")
+           f" | {cli} cluster --method ward --k 3 --bootstrap 10"
+           f" | {cli} report --format json -o laml.json")
     proc = _run(cmd, tmp_path)
     assert proc.returncode == 0, proc.stderr
     rep = json.loads((tmp_path / "laml.json").read_text())

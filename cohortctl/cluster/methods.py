@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
-from cohortctl.cluster import stability
+from cohortctl.cluster import select, stability
 from cohortctl.cluster.embed import umap_embed
+from cohortctl.cluster.placement import PlacementRule, knn_vote
 
 log = logging.getLogger("cohortctl")
 
@@ -35,6 +36,9 @@ CONSENSUS_MAX = 4000
 MIN_CORE = 30  # fewest complete patients worth clustering on their own
 LANDMARKS = 2000  # above this many patients, cluster landmarks and place the rest by kNN
 UMAP_DIMS = 5
+FAMILIES = ("hdbscan", "ward")  # candidate families of ``auto``
+NULL_SETS = 2  # Gaussian no-structure cohorts each candidate is also run on
+NULL_MAX_ROWS = 1000  # null cohorts are at most this large (candidate sizes scale with them)
 REFERENCE_EPOCHS = 200  # full-cohort embedding; bootstrap embeddings use the same
 
 
@@ -51,6 +55,8 @@ class ClusterResult:
     stability: dict[int, float] = field(default_factory=dict)
     consensus: dict[str, Any] | None = None
     runs: list[stability.BootRun] = field(default_factory=list)
+    #: every scored candidate (partitions of the clustered cohort or landmark set); not saved
+    candidates: list[select.Candidate] = field(default_factory=list)
 
 
 def subsample_indices(n: int, rng: np.random.Generator, fraction: float, cap: int) -> np.ndarray:
@@ -89,8 +95,15 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
                  n_neighbors: int, subsample: float, max_subsample: int, workers: int = 1,
                  landmarks: int = LANDMARKS, complete: np.ndarray | None = None,
                  alternatives: dict[str, np.ndarray] | None = None, name: str = "default",
-                 progress: Callable[[str], None] | None = None) -> ClusterResult:
-    """UMAP + HDBSCAN with data-driven minimum cluster size and bootstrap stability.
+                 progress: Callable[[str], None] | None = None,
+                 families: tuple[str, ...] = FAMILIES, rule: select.SelectionRule | None = None,
+                 null_sets: int = NULL_SETS, null_fn: NullFn | None = None) -> ClusterResult:
+    """Candidates of several families on a UMAP embedding, chosen by null-calibrated stability.
+
+    ``families``: ``("hdbscan", "ward")`` for ``auto``, ``("hdbscan",)`` for ``hdbscan``;
+    candidates and the selection rule are described in :mod:`cohortctl.cluster.select`
+    (``null_sets`` = 0 scores raw stability, without the null; ``null_fn(Z, rows, rng)``
+    draws a no-structure cohort like ``Z``, default Gaussian with Z's covariance).
 
     ``alternatives``: other geometries of the same patients (same rows), competing with
     ``Z`` under the same bootstrap-agreement criterion (see :func:`_auto_core`); the
@@ -117,7 +130,9 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     if pool.size == n and n <= landmarks:
         return _auto_core(spaces, seed=seed, bootstrap=bootstrap, fixed_mcs=fixed_mcs,
                           n_neighbors=n_neighbors, subsample=subsample,
-                          max_subsample=max_subsample, workers=workers, progress=progress)
+                          max_subsample=max_subsample, workers=workers, progress=progress,
+                          families=families, rule=rule, null_sets=null_sets,
+                          null_fn=null_fn)
     size = min(landmarks, pool.size)
     rng = np.random.default_rng([seed, 7])
     marks = np.sort(pool[rng.choice(pool.size, size=size, replace=False)])
@@ -127,7 +142,8 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     core = _auto_core({nm: S[marks] for nm, S in spaces.items()}, seed=seed,
                       bootstrap=bootstrap, fixed_mcs=scaled_mcs,
                       n_neighbors=n_neighbors, subsample=subsample,
-                      max_subsample=max_subsample, workers=workers, progress=progress)
+                      max_subsample=max_subsample, workers=workers, progress=progress,
+                      families=families, rule=rule, null_sets=null_sets, null_fn=null_fn)
     Z = spaces[core.chosen["space"]]
     if progress:
         progress(f"placing {n - size} patients by their nearest landmarks")
@@ -160,7 +176,7 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     runs = [(marks[idx], lab) for idx, lab in core.runs]
     res = ClusterResult(labels=labels, confidence=np.round(conf, 6), nearest=nearest,
                         embedding=Z, scores=core.scores, stability=core.stability,
-                        consensus=core.consensus, runs=runs)
+                        consensus=core.consensus, runs=runs, candidates=core.candidates)
     res.chosen = dict(core.chosen, landmarks=size,
                       landmark_pool=("patients with every modality" if pool.size < n
                                      else "all patients"),
@@ -212,117 +228,162 @@ def attach_consensus_noise(labels: np.ndarray, cons: np.ndarray, rate: np.ndarra
     return out
 
 
-VOTE_MAJORITY = 0.5
-
-
-def knn_vote(ref: np.ndarray, ref_labels: np.ndarray, ref_conf: np.ndarray, query: np.ndarray,
-             k: int = 15, chunk: int = 20000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label of each query point by a distance-weighted vote of its k nearest references.
-
-    Unassigned references (-1) vote too, so a query among noise stays unassigned.
-    Confidence = winning vote share x mean confidence of the winning voters. Returns the
-    labels, confidences and winning vote shares.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    k = max(1, min(k, ref.shape[0]))
-    nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(ref)
-    classes = np.unique(ref_labels)
-    out_l = np.empty(query.shape[0], dtype=np.int64)
-    out_c = np.empty(query.shape[0], dtype=np.float64)
-    out_s = np.empty(query.shape[0], dtype=np.float64)
-    for s0 in range(0, query.shape[0], chunk):
-        d, idx = nn.kneighbors(query[s0:s0 + chunk])
-        w = 1.0 / (d + 1e-9 + 0.1 * np.median(d[:, :1]))
-        lab = ref_labels[idx]
-        votes = np.stack([(w * (lab == c)).sum(axis=1) for c in classes], axis=1)
-        best = np.argmax(votes, axis=1)
-        share = votes[np.arange(len(best)), best] / w.sum(axis=1)
-        winners = lab == classes[best][:, None]
-        mean_conf = (ref_conf[idx] * winners).sum(axis=1) / np.maximum(winners.sum(axis=1), 1)
-        out_l[s0:s0 + chunk] = classes[best]
-        out_c[s0:s0 + chunk] = share * mean_conf
-        out_s[s0:s0 + chunk] = share
-    return out_l, out_c, out_s
+PLACEMENT = PlacementRule()  # the one rule cluster and assign place patients by
+VOTE_MAJORITY = PLACEMENT.majority
 
 
 SCREEN_FRACTION = 3  # with competing geometries, 1/3 of the bootstraps screen each one
 
+NullFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+
+
+def _gaussian(Z: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+    return select.gaussian_null(Z, rows, rng)
+
+
+Task = tuple[np.ndarray, int]  # bootstrap subsample indices and the run's seed
+Key = tuple[str, int]  # candidate: family and its parameter (HDBSCAN size or K)
+
+
+def k_candidates(n: int, max_groups: int) -> list[int]:
+    """Numbers of groups the K-based family tries: 2 .. max_groups (fewer for tiny cohorts)."""
+    return list(range(2, max(2, min(max_groups, n // 5)) + 1))
+
+
+@dataclass
+class _Plan:
+    """What each bootstrap computes: HDBSCAN sizes (scaled to the subsample) and Ward Ks."""
+
+    sizes: dict[int, int]  # candidate minimum cluster size -> size used on a subsample
+    ks: list[int]
+
+    @property
+    def boot_sizes(self) -> list[int]:
+        return sorted(set(self.sizes.values()))
+
+    def candidate_keys(self) -> list[Key]:
+        return [("hdbscan", m) for m in self.sizes] + [("ward", k) for k in self.ks]
+
+    def boot_key(self, key: Key) -> Key:
+        return ("hdbscan", self.sizes[key[1]]) if key[0] == "hdbscan" else key
+
+
+def _plan(n: int, m_boot: int, fixed_mcs: int | None, families: tuple[str, ...],
+          max_groups: int) -> _Plan:
+    # A capped subsample (much smaller than the cohort) gets proportionally smaller sizes.
+    ratio = m_boot / n if m_boot < 0.75 * n else 1.0
+    sizes = ({m: max(5, int(round(m * ratio))) for m in mcs_candidates(n, fixed_mcs)}
+             if "hdbscan" in families else {})
+    ks = k_candidates(n, max_groups) if "ward" in families and not fixed_mcs else []
+    return _Plan(sizes, ks)
+
+
+def _tasks(n: int, count: int, rng: np.random.Generator, subsample: float,
+           max_subsample: int) -> list[Task]:
+    out = []
+    for _b in range(count):
+        idx = subsample_indices(n, rng, subsample, max_subsample)
+        out.append((idx, int(rng.integers(0, 2**31 - 1))))
+    return out
+
 
 def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
                fixed_mcs: int | None, n_neighbors: int, subsample: float, max_subsample: int,
-               workers: int = 1, progress: Callable[[str], None] | None = None
-               ) -> ClusterResult:
-    """Bootstrap UMAP + HDBSCAN on one cohort (or landmark set), candidates scored by agreement.
+               workers: int = 1, progress: Callable[[str], None] | None = None,
+               families: tuple[str, ...] = FAMILIES, rule: select.SelectionRule | None = None,
+               null_sets: int = NULL_SETS, null_fn: NullFn | None = None) -> ClusterResult:
+    """Bootstrap candidates on one cohort (or landmark set) and choose by the selection rule.
+
+    Every bootstrap subsample gets a new UMAP; each candidate (HDBSCAN per minimum size,
+    Ward per K) re-clusters it, and is scored by the mean ARI between its partition of the
+    whole cohort (on the reference embedding) and those re-clusterings, minus the same
+    score on Gaussian null cohorts (:mod:`cohortctl.cluster.select`). The chosen
+    candidate's final partition is built from the bootstrap consensus (up to
+    ``CONSENSUS_MAX`` patients). A fixed ``fixed_mcs`` skips the selection.
 
     With several geometries (``spaces``), each is first screened on the same
-    ``bootstrap // SCREEN_FRACTION`` subsamples (paired, so the comparison is not subsample
-    noise); the geometry whose best candidate agrees most with its own re-clusterings wins
-    (ties: the first), and only it gets the remaining bootstraps. Cost: 4/3 of one
-    geometry's instead of twice.
+    ``bootstrap // SCREEN_FRACTION`` subsamples by the raw agreement of its best HDBSCAN
+    candidate; the winner (ties: the first) gets the remaining bootstraps.
     """
+    rule = rule or select.SelectionRule()
     names = list(spaces)
     n = spaces[names[0]].shape[0]
     rng = np.random.default_rng(seed)
-    candidates = mcs_candidates(n, fixed_mcs)
-    tasks = []
-    for _b in range(bootstrap):
-        idx = subsample_indices(n, rng, subsample, max_subsample)
-        tasks.append((idx, int(rng.integers(0, 2**31 - 1))))
-    # A capped subsample (much smaller than the cohort) gets proportionally smaller sizes.
-    m_boot = len(tasks[0][0]) if tasks else n
-    ratio = m_boot / n if m_boot < 0.75 * n else 1.0
-    boot_sizes = {m: max(5, int(round(m * ratio))) for m in candidates}
-    sizes = sorted(set(boot_sizes.values()))
+    tasks = _tasks(n, bootstrap, rng, subsample, max_subsample)
+    plan = _plan(n, len(tasks[0][0]) if tasks else n, fixed_mcs, families, rule.max_groups)
     use_consensus = n <= CONSENSUS_MAX and bootstrap >= 5
-
-    def runs_for(some: list[tuple[np.ndarray, int]], boot: list[dict[int, np.ndarray]]
-                 ) -> dict[int, list[stability.BootRun]]:
-        return {m: [(idx, labs[boot_sizes[m]]) for (idx, _s), labs in zip(some, boot, strict=True)]
-                for m in candidates}
 
     screening: dict[str, float] = {}
     space = names[0]
-    done: list[dict[int, np.ndarray]] = []
+    done: list[dict[Key, np.ndarray]] = []
     embedding: np.ndarray | None = None
     if len(names) > 1 and bootstrap >= 2 * SCREEN_FRACTION:
         screen = tasks[: bootstrap // SCREEN_FRACTION]
         trials = {}
         for name in names:
-            boot, emb = _bootstrap_with_reference(spaces[name], screen, sizes, n_neighbors,
+            boot, emb = _bootstrap_with_reference(spaces[name], screen, plan, n_neighbors,
                                                   seed, workers, progress)
-            scores, _res = _score_candidates(n, candidates, runs_for(screen, boot), emb,
-                                             use_consensus=False)
-            screening[name] = max(sc["bootstrap_agreement_ari"] for sc in scores)
+            cands = _candidates(plan, screen, boot, emb, only="hdbscan")
+            screening[name] = max((c.stability for c in cands), default=0.0)
             trials[name] = (boot, emb)
         space = max(names, key=lambda nm: (screening[nm], -names.index(nm)))
         done, embedding = trials[space]
     Z = spaces[space]
-    rest, reference = _bootstrap_with_reference(Z, tasks[len(done):], sizes, n_neighbors,
+    rest, reference = _bootstrap_with_reference(Z, tasks[len(done):], plan, n_neighbors,
                                                 seed, workers, progress,
                                                 embed=embedding is None)
     embedding = reference if embedding is None else embedding
     assert embedding is not None
-    runs_by_mcs = runs_for(tasks, done + rest)
-    scores, results = _score_candidates(n, candidates, runs_by_mcs, embedding, use_consensus)
-    best = max(candidates, key=lambda m: (next(s["bootstrap_agreement_ari"] for s in scores
-                                               if s["min_cluster_size"] == m), m))
-    labels, prob, cons = results[best]
-    runs = runs_by_mcs[best]
-    labels = stability.relabel_by_size(labels)
-    res = finish(labels, embedding, runs, cons)
-    voted = vote_unsure(Z, res.labels, res.confidence)
-    refined = voted is not None and not np.array_equal(voted[0], res.labels)
-    if refined:
-        assert voted is not None
-        res = finish(stability.relabel_by_size(voted[0]), embedding, runs, cons)
-    res.scores = scores
-    res.chosen = {"min_cluster_size": best, "criterion": "bootstrap_agreement_ari",
-                  "final_partition": "consensus" if use_consensus else "embedding",
-                  "unstable_patients": f"confidence < {STABLE_CONFIDENCE}: placed by the vote "
-                                       "of stable members in the integrated space"
-                                       if refined else "kept",
-                  "space": space}
+    boots = done + rest
+    cands = _candidates(plan, tasks, boots, embedding)
+    selecting = not fixed_mcs and len(cands) > 1
+    if selecting and null_sets > 0 and bootstrap >= 5:
+        _null_stability(Z, cands, plan, null_fn=null_fn, seed=seed, sets=null_sets,
+                        bootstrap=max(5, bootstrap // 3), n_neighbors=n_neighbors,
+                        subsample=subsample, max_subsample=max_subsample, workers=workers,
+                        progress=progress)
+    if selecting:
+        decision = select.choose(cands, rule)
+    else:
+        decision = select.Decision(cands[0] if cands else None, None,
+                                   cands[0].score if cands else 0.0, "fixed by the user")
+    chosen = decision.chosen
+    if chosen is None:
+        res = finish(np.zeros(n, dtype=np.int64), embedding, [], None)
+        refined = False
+    else:
+        runs = [(idx, b[plan.boot_key(chosen.key)]) for (idx, _s), b in zip(tasks, boots,
+                                                                            strict=True)]
+        labels, cons = _final_partition(chosen, runs, use_consensus)
+        final = select.Candidate(chosen.family, chosen.param, labels, chosen.stability)
+        if select.ineligible(final, rule) is not None:
+            # The consensus partition broke the rule (more groups, a tiny group): keep the
+            # candidate's own partition, which was checked.
+            labels = chosen.labels
+        res = finish(stability.relabel_by_size(labels), embedding, runs, cons)
+        voted = vote_unsure(Z, res.labels, res.confidence)
+        refined = voted is not None and not np.array_equal(voted[0], res.labels)
+        if refined:
+            assert voted is not None
+            res = finish(stability.relabel_by_size(voted[0]), embedding, runs, cons)
+    res.scores = [c.row(rule) for c in cands]
+    res.candidates = cands
+    res.chosen = {
+        "family": None if chosen is None else chosen.family,
+        "criterion": "bootstrap stability minus null stability" if selecting and null_sets
+                     else "bootstrap stability",
+        "selection": decision.summary(),
+        "rule": rule.to_dict(),
+        "null_sets": null_sets if selecting else 0,
+        "final_partition": ("single group (no stable structure)" if chosen is None else
+                            "consensus" if use_consensus else "embedding"),
+        "unstable_patients": f"confidence < {STABLE_CONFIDENCE}: placed by the vote of stable "
+                             "members in the integrated space" if refined else "kept",
+        "space": space,
+        "placement_rule": PLACEMENT.to_dict(),
+    }
+    if chosen is not None:
+        res.chosen["min_cluster_size" if chosen.family == "hdbscan" else "k"] = chosen.param
     if screening:
         res.chosen["space_screening"] = {
             "bootstraps_each": bootstrap // SCREEN_FRACTION,
@@ -333,29 +394,91 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
     return res
 
 
-def _score_candidates(n: int, candidates: list[int],
-                      runs_by_mcs: dict[int, list[stability.BootRun]], embedding: np.ndarray,
-                      use_consensus: bool
-                      ) -> tuple[list[dict[str, Any]],
-                                 dict[int, tuple[np.ndarray, np.ndarray, np.ndarray | None]]]:
-    """Each minimum cluster size's partition and its mean ARI with the bootstrap runs."""
-    scores, results = [], {}
-    for m in candidates:
-        cons = None
-        if use_consensus:
-            cons = stability.coassociation(n, runs_by_mcs[m])
-            labels, prob = _hdbscan(1.0 - cons, m, precomputed=True)
-            labels = attach_consensus_noise(labels, cons, assigned_rate(n, runs_by_mcs[m]))
-        else:
-            labels, prob = _hdbscan(embedding, m)
-        k = int(labels.max() + 1)
-        agree = [adjusted_rand_score(labels[idx], lab) for idx, lab in runs_by_mcs[m]]
-        score = float(np.mean(agree)) if agree and k >= 2 else 0.0
-        scores.append({"min_cluster_size": m, "clusters": k,
-                       "unassigned": int((labels < 0).sum()),
-                       "bootstrap_agreement_ari": round(score, 6)})
-        results[m] = (labels, prob, cons)
-    return scores, results
+def _reference_labels(plan: _Plan, key: Key, embedding: np.ndarray,
+                      ward: Any | None) -> np.ndarray:
+    """A candidate's partition of the whole cohort on the reference embedding."""
+    from scipy.cluster.hierarchy import fcluster
+
+    if key[0] == "hdbscan":
+        return _hdbscan(embedding, key[1])[0]
+    return (fcluster(ward, key[1], "maxclust") - 1).astype(np.int64)
+
+
+def _candidates(plan: _Plan, tasks: list[Task], boots: list[dict[Key, np.ndarray]],
+                embedding: np.ndarray, only: str | None = None) -> list[select.Candidate]:
+    """Every candidate with its stability: mean ARI of its whole-cohort partition with its
+    re-clusterings of the bootstrap subsamples (0 when the partition has < 2 groups)."""
+    from scipy.cluster.hierarchy import linkage
+
+    ward = linkage(embedding, "ward") if plan.ks else None
+    out = []
+    for key in plan.candidate_keys():
+        if only and key[0] != only:
+            continue
+        labels = _reference_labels(plan, key, embedding, ward)
+        bk = plan.boot_key(key)
+        agree = [adjusted_rand_score(labels[idx], b[bk]) for (idx, _s), b in
+                 zip(tasks, boots, strict=True)]
+        groups = np.unique(labels[labels >= 0]).size
+        score = float(np.mean(agree)) if agree and groups >= 2 else 0.0
+        out.append(select.Candidate(key[0], key[1], labels, score))
+    return out
+
+
+def _null_stability(Z: np.ndarray, cands: list[select.Candidate], plan: _Plan, *,
+                    null_fn: NullFn | None, seed: int,
+                    sets: int, bootstrap: int, n_neighbors: int, subsample: float,
+                    max_subsample: int, workers: int,
+                    progress: Callable[[str], None] | None) -> None:
+    """Each candidate's stability on Gaussian cohorts with Z's covariance (no groups).
+
+    Null cohorts have ``min(n, NULL_MAX_ROWS)`` patients; HDBSCAN sizes keep their share
+    of the cohort, Ks are the same. Fills ``Candidate.null_stability``.
+    """
+    n = Z.shape[0]
+    rows = min(n, NULL_MAX_ROWS)
+    for j in range(sets):
+        rng = np.random.default_rng([seed, 11, j])
+        Zn = (null_fn or _gaussian)(Z, rows, rng)
+        tasks = _tasks(rows, bootstrap, rng, subsample, max_subsample)
+        m_boot = len(tasks[0][0])
+        ratio = m_boot / rows if m_boot < 0.75 * rows else 1.0
+        scaled = {m: max(5, int(round(m * rows / n))) for m in plan.sizes}
+        nplan = _Plan({scaled[m]: max(5, int(round(scaled[m] * ratio))) for m in plan.sizes},
+                      plan.ks)
+        if progress:
+            progress(f"null cohort {j + 1}/{sets}")
+        boots, emb = _bootstrap_with_reference(Zn, tasks, nplan, n_neighbors,
+                                               int(rng.integers(0, 2**31 - 1)), workers, None)
+        assert emb is not None
+        null = {c.key: c.stability for c in _candidates(nplan, tasks, boots, emb)}
+        for c in cands:
+            key = ("hdbscan", scaled[c.param]) if c.family == "hdbscan" else c.key
+            c.null_stability.append(null[key])
+
+
+def _final_partition(chosen: select.Candidate, runs: list[stability.BootRun],
+                     use_consensus: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The chosen candidate's partition, from the bootstrap consensus when affordable.
+
+    HDBSCAN: HDBSCAN on the consensus distance, outliers attached where the bootstraps
+    agree. Ward K: average linkage of the consensus distance cut at K (as
+    ConsensusClusterPlus does). Without consensus: the reference-embedding partition.
+    """
+    n = chosen.labels.size
+    if not use_consensus:
+        return chosen.labels, None
+    cons = stability.coassociation(n, runs)
+    if chosen.family == "hdbscan":
+        labels, _prob = _hdbscan(1.0 - cons, chosen.param, precomputed=True)
+        return attach_consensus_noise(labels, cons, assigned_rate(n, runs)), cons
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    dist = 1.0 - cons
+    np.fill_diagonal(dist, 0.0)
+    tree = linkage(squareform(dist, checks=False), "average")
+    return (fcluster(tree, chosen.param, "maxclust") - 1).astype(np.int64), cons
 
 
 STABLE_CONFIDENCE = 0.8  # co-clustered with their cluster in >= 80% of the bootstraps
@@ -393,23 +516,31 @@ _SHARED: dict[str, Any] = {}
 PARALLEL_MIN_N = 1000  # below this a bootstrap UMAP takes ~0.05 s: worker start-up costs more
 
 
-def _boot_one(task: tuple[np.ndarray, int]) -> dict[int, np.ndarray]:
-    """One bootstrap re-clustering: new UMAP of the subsample, HDBSCAN per candidate."""
-    Z, candidates, n_neighbors = _SHARED["Z"], _SHARED["candidates"], _SHARED["n_neighbors"]
+def _boot_one(task: Task) -> dict[Key, np.ndarray]:
+    """One bootstrap re-clustering: new UMAP of the subsample, then every candidate."""
+    Z, plan, n_neighbors = _SHARED["Z"], _SHARED["plan"], _SHARED["n_neighbors"]
     idx, run_seed = task
     emb = umap_embed(Z[idx], n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=run_seed,
                      n_epochs=200)
-    return {m: _hdbscan(emb, m, min_samples=max(1, m // 2))[0] for m in candidates}
+    out: dict[Key, np.ndarray] = {("hdbscan", m): _hdbscan(emb, m, min_samples=max(1, m // 2))[0]
+                                  for m in plan.boot_sizes}
+    if plan.ks:
+        from scipy.cluster.hierarchy import fcluster, linkage
+
+        tree = linkage(emb, "ward")
+        for k in plan.ks:
+            out[("ward", k)] = (fcluster(tree, k, "maxclust") - 1).astype(np.int64)
+    return out
 
 
-def _worker_init(Z: np.ndarray, candidates: list[int], n_neighbors: int) -> None:
+def _worker_init(Z: np.ndarray, plan: _Plan, n_neighbors: int) -> None:
     """Workers are single-threaded: parallelism comes from the pool itself."""
     import numba
     from threadpoolctl import threadpool_limits
 
     numba.set_num_threads(1)
     threadpool_limits(limits=1)
-    _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
+    _SHARED.update(Z=Z, plan=plan, n_neighbors=n_neighbors)
 
 
 @contextlib.contextmanager
@@ -434,10 +565,10 @@ def _main_module_hidden() -> Iterator[None]:
             setattr(main, k, v)
 
 
-def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]],
-                              candidates: list[int], n_neighbors: int, seed: int, workers: int,
+def _bootstrap_with_reference(Z: np.ndarray, tasks: list[Task], plan: _Plan, n_neighbors: int,
+                              seed: int, workers: int,
                               progress: Callable[[str], None] | None, embed: bool = True
-                              ) -> tuple[list[dict[int, np.ndarray]], np.ndarray | None]:
+                              ) -> tuple[list[dict[Key, np.ndarray]], np.ndarray | None]:
     """Bootstrap runs (in worker processes for larger cohorts) and the full-cohort embedding
     (None when ``embed`` is false: the caller has it already).
 
@@ -455,7 +586,7 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
                           n_epochs=REFERENCE_EPOCHS)
 
     if workers <= 1 or len(tasks) < 4 or n < PARALLEL_MIN_N:
-        _SHARED.update(Z=Z, candidates=candidates, n_neighbors=n_neighbors)
+        _SHARED.update(Z=Z, plan=plan, n_neighbors=n_neighbors)
         try:
             embedding = reference()
             out = []
@@ -471,7 +602,7 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[tuple[np.ndarray, int]]
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["cohortctl.cluster.methods"])
     with _main_module_hidden(), ctx.Pool(processes=workers, initializer=_worker_init,
-                                         initargs=(Z, candidates, n_neighbors)) as pool:
+                                         initargs=(Z, plan, n_neighbors)) as pool:
         pending = pool.map_async(_boot_one, tasks, chunksize=1)
         embedding = reference()
         out = pending.get()

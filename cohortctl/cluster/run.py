@@ -53,6 +53,9 @@ class ClusterOptions:
     subsample: float = 0.8
     max_subsample: int = 3000
     landmarks: int = methods.LANDMARKS
+    max_groups: int = 8
+    min_group_fraction: float = 0.03
+    null_sets: int = methods.NULL_SETS
     assign_noise: bool = False
     run: str | None = None
     threads: int | None = None
@@ -159,6 +162,10 @@ def cluster(store: Store, opts: ClusterOptions,
         raise UsageError("--subsample must be between 0.1 and 1")
     if opts.bootstrap < 0:
         raise UsageError("--bootstrap must be >= 0")
+    if opts.max_groups < 2:
+        raise UsageError("--max-groups must be >= 2")
+    if not 0.0 <= opts.min_group_fraction < 0.5:
+        raise UsageError("--min-group-fraction must be in [0, 0.5)")
     with limit_threads(opts.threads):
         models, scores = build_blocks(store, opts)
         integ = integrate(scores, k_impute=K_IMPUTE)
@@ -167,9 +174,9 @@ def cluster(store: Store, opts: ClusterOptions,
             raise InputDataError(f"only {n} patients with data: too few to find groups")
         if progress:
             progress(f"{n} patients, {integ.matrix.shape[1]} integrated dimensions")
-        alternatives = _alternative_geometries(models, scores, opts)
+        alternatives = _alternative_geometries(models, scores, opts, n)
         result = _run_method(integ, scores, opts, progress,
-                             {name: alt.matrix for name, alt in alternatives.items()})
+                             {name: alt.matrix for name, alt in alternatives.items()}, models)
         if result.chosen.get("space") in alternatives:
             integ = alternatives[result.chosen["space"]]
             for m in models.values():
@@ -193,11 +200,15 @@ def cluster(store: Store, opts: ClusterOptions,
 
 
 def _alternative_geometries(models: dict[str, BlockModel], scores: BlockScores,
-                            opts: ClusterOptions) -> dict[str, Integrated]:
+                            opts: ClusterOptions, n: int) -> dict[str, Integrated]:
     """With ``component_weight="auto"``, the equal-variance geometry that competes with the
-    variance-weighted one in the UMAP + HDBSCAN model selection (nothing to compete with
-    when every block kept a single component, or for the K-based methods)."""
-    if opts.features.component_weight != "auto" or opts.method not in ("auto", "hdbscan"):
+    variance-weighted one in the UMAP-based model selection of cohorts clustered on
+    landmarks (above ``--landmarks`` patients). Not for smaller cohorts: there the
+    screening's 10 bootstraps cannot separate two about equally stable geometries, and
+    the choice flipped with the seed and the CPU (TCGA breast); nothing to compete with
+    when every block kept a single component, or for the K-based methods."""
+    if (opts.features.component_weight != "auto" or opts.method not in ("auto", "hdbscan")
+            or n <= opts.landmarks):
         return {}
     weights = {name: w for name, m in models.items()
                if (w := m.equal_component_weights()) is not None and w.size > 1}
@@ -210,8 +221,8 @@ def _alternative_geometries(models: dict[str, BlockModel], scores: BlockScores,
 
 def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray]],
                 opts: ClusterOptions, progress: Callable[[str], None] | None,
-                alternatives: dict[str, np.ndarray] | None = None
-                ) -> methods.ClusterResult:
+                alternatives: dict[str, np.ndarray] | None = None,
+                models: dict[str, BlockModel] | None = None) -> methods.ClusterResult:
     Z = integ.matrix
     if opts.method in ("auto", "hdbscan"):
         return methods.auto_cluster(
@@ -222,6 +233,9 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             complete=np.all(np.column_stack(list(integ.present.values())), axis=1),
             alternatives=alternatives, progress=progress,
             name="equal" if opts.features.component_weight == "equal" else "variance",
+            families=methods.FAMILIES if opts.method == "auto" else ("hdbscan",),
+            rule=selection_rule(opts), null_sets=opts.null_sets,
+            null_fn=_null_cohort(integ, models or {}),
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
     affinity_fn = None
@@ -232,6 +246,46 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
         criterion=opts.k_criterion, subsample=opts.subsample, max_subsample=opts.max_subsample,
         affinity_fn=affinity_fn, progress=progress,
     )
+
+
+def _null_cohort(integ: Integrated, models: dict[str, BlockModel]
+                 ) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
+    """The no-structure cohorts the model selection compares against, block by block.
+
+    Continuous blocks: Gaussian with the block's mean and covariance in the clustered space
+    (no groups, but the same elongation: a continuum is not mistaken for groups). Discrete
+    blocks (mutations): each standardised feature permuted on its own, projected by the
+    block's PCA and rescaled to the clustered space's spread: the values stay discrete (a
+    few recurrent mutations make islands of identical patients, which are not groups
+    either) while the co-occurrence between features is destroyed. Blocks are drawn
+    independently of each other.
+    """
+    from cohortctl.cluster.select import gaussian_null
+
+    def draw(Z: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
+        out = np.empty((rows, Z.shape[1]))
+        for name, (s0, s1) in integ.block_slices.items():
+            real = Z[:, s0:s1]
+            sample = getattr(models.get(name), "discrete_sample", None)
+            if sample is None or sample.shape[0] < rows:
+                out[:, s0:s1] = gaussian_null(real, rows, rng)
+                continue
+            perm = np.column_stack([rng.permutation(sample[:, j])[:rows]
+                                    for j in range(sample.shape[1])])
+            block = models[name]._scores(perm)
+            spread = block.std(axis=0)
+            scale = np.divide(real.std(axis=0), spread, out=np.zeros_like(spread),
+                              where=spread > 1e-12)
+            out[:, s0:s1] = real.mean(axis=0) + (block - block.mean(axis=0)) * scale
+        return out
+
+    return draw
+
+
+def selection_rule(opts: ClusterOptions) -> methods.select.SelectionRule:
+    """The documented selection rule with the user's group-count and group-size limits."""
+    return methods.select.SelectionRule(max_groups=opts.max_groups,
+                                        min_group_fraction=opts.min_group_fraction)
 
 
 def _workers(threads: int | None) -> int:

@@ -235,6 +235,9 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
               else f"{n_clusters} clusters.")
     scores = metrics.get("selection_scores") or []
     selected = metrics.get("selected") or params.get("resolved") or {}
+    caveats = selection_caveats(selected, raw)
+    for text in caveats:
+        _add_text(sec, "Caveat: " + text)
     if scores:
         _add_figure(rep, sec, "selection", "Model selection", _selection_figure(scores, selected))
         table = pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
@@ -251,11 +254,36 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     rep.data["groups"] = to_jsonable({
         "n_clusters": n_clusters, "n_assigned": n_assigned,
         "unassigned": _count(unassigned, min_cell), "clusters": raw,
-        "selection_scores": scores, "selected": selected,
+        "selection_scores": scores, "selected": selected, "caveats": caveats,
         "consensus": {k: v for k, v in (cons or {}).items() if k != "histogram"} or None,
         "silhouette": metrics.get("silhouette"),
         "reference_agreement": reference, "embedding_colour_columns": hover_cols,
     })
+
+
+UNSTABLE_CLUSTER = 0.6  # Hennig: 0.5-0.75 'patterns', below 0.5 'dissolved'
+
+
+def selection_caveats(selected: dict[str, Any], clusters: list[dict[str, Any]]) -> list[str]:
+    """Plain-language warnings when the groups or their selection are not to be relied on."""
+    out = []
+    sel = selected.get("selection") or {}
+    if sel and not sel.get("structure", True):
+        out.append("no stable structure was found: no candidate partition was more "
+                   "reproducible than the same method on data without groups "
+                   f"({sel.get('reason')}). All patients are reported as one group.")
+    elif sel and not sel.get("decisive", True):
+        r = sel.get("runner_up") or {}
+        out.append(f"the choice of {sel['chosen']['clusters']} groups is not decisive: "
+                   f"{r.get('clusters')} groups ({r.get('family')}) scored within "
+                   f"{abs(sel.get('margin') or 0):.3f}. Another seed may give that partition.")
+    weak = [c["name"] for c in clusters if not c["suppressed"]
+            and c.get("stability") is not None and c["stability"] < UNSTABLE_CLUSTER]
+    if weak:
+        out.append(f"{', '.join(weak)} {'is' if len(weak) == 1 else 'are'} unstable "
+                   f"(bootstrap Jaccard below {UNSTABLE_CLUSTER}): "
+                   "treat as tentative.")
+    return out
 
 
 def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | None,
@@ -279,18 +307,28 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
 
 
 def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) -> dict[str, Any]:
-    keys = [k for k in scores[0] if isinstance(scores[0][k], (int, float))]
-    setting = next((k for k in ("min_cluster_size", "k") if k in scores[0]), keys[0])
-    metric_keys = [k for k in keys if k not in (setting, "clusters", "unassigned")]
-    traces = [{"type": "scatter", "mode": "lines+markers", "name": m,
-               "x": [s[setting] for s in scores], "y": [s.get(m) for s in scores]}
-              for m in metric_keys]
-    chosen = selected.get(setting)
+    """Every candidate's scores; the x axis names the candidate (family and parameter)."""
+    def name(s: dict[str, Any]) -> str:
+        if "family" in s:
+            return f"{s['family']} {'K' if s['family'] != 'hdbscan' else 'size'}={s['param']}"
+        setting = next((k for k in ("min_cluster_size", "k") if k in s), None)
+        return f"{setting}={s[setting]}" if setting else str(len(s))
+
+    metric_keys = [k for k in ("stability", "null_stability", "score", "silhouette", "pac",
+                               "bootstrap_agreement_ari") if k in scores[0]]
+    xs = [name(s) for s in scores]
+    traces = [{"type": "scatter", "mode": "markers", "name": m.replace("_", " "),
+               "x": xs, "y": [s.get(m) for s in scores]} for m in metric_keys]
+    chosen = next((x for x, s in zip(xs, scores, strict=True)
+                   if s.get("family") == selected.get("family")
+                   and s.get("param") in (selected.get("min_cluster_size"), selected.get("k"))),
+                  None)
     shapes = ([{"type": "line", "x0": chosen, "x1": chosen, "yref": "paper", "y0": 0, "y1": 1,
                 "line": {"dash": "dot", "color": "#888"}}] if chosen is not None else [])
-    return {"data": traces, "layout": {"xaxis": {"title": {"text": setting.replace("_", " ")}},
+    return {"data": traces, "layout": {"xaxis": {"title": {"text": "candidate"},
+                                                 "type": "category"},
                                        "yaxis": {"title": {"text": "score"}}, "shapes": shapes,
-                                       "height": 320}}
+                                       "height": 340}}
 
 
 def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,

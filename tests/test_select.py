@@ -1,0 +1,133 @@
+"""Model selection: the pure selection rule, the null, and auto_cluster on simulated shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from cohortctl.cluster import select
+from cohortctl.cluster.methods import auto_cluster
+
+
+def _cand(family: str, param: int, sizes: list[int], stability: float, null: float,
+          unassigned: int = 0) -> select.Candidate:
+    labels = np.concatenate([np.repeat(np.arange(len(sizes)), sizes),
+                             np.full(unassigned, -1)]).astype(np.int64)
+    return select.Candidate(family, param, labels, stability, [null])
+
+
+RULE = select.SelectionRule(min_score=0.15, tolerance=0.05)
+
+
+def test_no_candidate_above_the_null_means_one_group() -> None:
+    cands = [_cand("ward", 2, [50, 50], 0.9, 0.85), _cand("ward", 3, [40, 30, 30], 0.7, 0.6)]
+    d = select.choose(cands, RULE)
+    assert d.chosen is None and not d.summary()["structure"]
+    assert "null" in d.reason and d.runner_up is not None
+
+
+def test_the_highest_score_wins_not_the_highest_stability() -> None:
+    """A two-group split of a continuum is very stable, and so is the null's: the score
+    (stability minus null) prefers the three real groups."""
+    cands = [_cand("ward", 2, [50, 50], 0.95, 0.90), _cand("ward", 3, [40, 30, 30], 0.85, 0.45)]
+    d = select.choose(cands, RULE)
+    assert d.chosen is cands[1] and d.margin == pytest.approx(0.35)
+    assert d.decisive
+
+
+def test_within_tolerance_the_fewest_groups_win() -> None:
+    three = _cand("hdbscan", 10, [40, 30, 30], 0.80, 0.40)
+    four = _cand("ward", 4, [25, 25, 25, 25], 0.83, 0.40)
+    d = select.choose([four, three], RULE)
+    assert d.chosen is three and "fewest groups" in d.reason
+    assert not d.decisive  # the runner-up is 0.03 better: recorded as not decisive
+    far = _cand("ward", 4, [25, 25, 25, 25], 0.95, 0.40)
+    assert select.choose([far, three], RULE).chosen is far
+
+
+@pytest.mark.parametrize(("cand", "why"), [
+    (_cand("ward", 3, [96, 2, 2], 0.99, 0.1), "smaller than"),
+    (_cand("hdbscan", 5, [10] * 10, 0.99, 0.1), "more than 8 groups"),
+    (_cand("hdbscan", 5, [20, 20], 0.99, 0.1, unassigned=60), "half the cohort"),
+    (_cand("hdbscan", 5, [100], 0.99, 0.1), "fewer than 2"),
+])
+def test_unusable_partitions_are_never_chosen(cand: select.Candidate, why: str) -> None:
+    reason = select.ineligible(cand, RULE)
+    assert reason is not None and why in reason
+    assert select.choose([cand], RULE).chosen is None
+
+
+def test_limits_follow_the_rule() -> None:
+    rule = select.SelectionRule(min_group_fraction=0.1, min_group_size=5, max_groups=3)
+    assert rule.smallest_allowed(20) == 5 and rule.smallest_allowed(200) == 20
+    assert select.ineligible(_cand("ward", 4, [50] * 4, 0.9, 0.1), rule) is not None
+
+
+def test_gaussian_null_keeps_mean_and_covariance() -> None:
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(400, 3)) @ np.array([[3.0, 0, 0], [1.0, 1.0, 0], [0, 0, 0.1]]) + 5
+    draw = select.gaussian_null(Z, 20000, np.random.default_rng(1))
+    assert np.allclose(draw.mean(axis=0), Z.mean(axis=0), atol=0.1)
+    assert np.allclose(np.cov(draw, rowvar=False), np.cov(Z, rowvar=False), atol=0.2)
+    rank1 = np.outer(rng.normal(size=300), [1.0, 2.0])  # rank-deficient covariance
+    assert np.isfinite(select.gaussian_null(rank1, 50, np.random.default_rng(2))).all()
+
+
+KW = dict(seed=0, bootstrap=10, fixed_mcs=None, n_neighbors=15, subsample=0.8,
+          max_subsample=3000, workers=1)
+
+
+def test_pure_noise_gives_one_group() -> None:
+    """No structure (independent Gaussian dimensions): one group, and the run says so."""
+    Z = np.random.default_rng(3).normal(size=(240, 4))
+    res = auto_cluster(Z, **KW)
+    assert np.unique(res.labels).tolist() == [0]
+    sel = res.chosen["selection"]
+    assert sel["structure"] is False and res.chosen["family"] is None
+    assert all(s["null_stability"] > 0 for s in res.scores)
+
+
+def _blobs(rng: np.random.Generator, sizes: list[int], sep: float, dims: int = 4
+           ) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.repeat(np.arange(len(sizes)), sizes)
+    centres = rng.normal(0, sep, (len(sizes), dims))
+    return truth, centres[truth] + rng.normal(size=(truth.size, dims))
+
+
+def test_well_separated_groups_are_found_with_a_decisive_margin() -> None:
+    truth, Z = _blobs(np.random.default_rng(4), [60, 50, 40], sep=6.0)
+    res = auto_cluster(Z, **KW)
+    assert adjusted_rand_score(truth, res.labels) > 0.95
+    sel = res.chosen["selection"]
+    assert sel["structure"] and sel["chosen"]["clusters"] == 3
+    assert sel["best_score"] >= select.SelectionRule().min_score
+
+
+def test_unbalanced_groups_keep_the_small_one() -> None:
+    """A group of 8% of the cohort is kept (above the 3% floor), not merged away."""
+    truth, Z = _blobs(np.random.default_rng(5), [130, 50, 15], sep=7.0)
+    res = auto_cluster(Z, **KW)
+    assert adjusted_rand_score(truth, res.labels) > 0.9
+    assert sorted(np.bincount(res.labels[res.labels >= 0]))[0] >= 12
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation (docs/methods.md): on a UMAP of a "
+                   "long continuum plus two groups, the groups' split is less reproducible "
+                   "than the null's split of the continuum, so no structure is reported")
+def test_groups_beside_a_dominant_continuum_are_not_chopped() -> None:
+    """One long continuous axis (no groups along it) plus two real groups: the split of
+    the continuum is as stable in the null as here, so the real groups win."""
+    rng = np.random.default_rng(6)
+    truth = np.repeat([0, 1], [90, 90])
+    Z = np.column_stack([rng.normal(0, 8, 180), truth * 6.0 + rng.normal(size=180),
+                         rng.normal(size=180)])
+    res = auto_cluster(Z, **KW)
+    assert adjusted_rand_score(truth, res.labels) > 0.9
+
+
+def test_max_groups_is_respected() -> None:
+    truth, Z = _blobs(np.random.default_rng(7), [30] * 6, sep=9.0)
+    res = auto_cluster(Z, **KW, rule=select.SelectionRule(max_groups=4))
+    assert np.unique(res.labels[res.labels >= 0]).size <= 4
+    assert all(not s["eligible"] for s in res.scores if s["clusters"] > 4)
