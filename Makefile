@@ -72,7 +72,8 @@ bench-smoke: $(STAMP)
 	$(BIN)/python bench/run.py --smoke --out out/bench-smoke.md $(BENCH_ARGS)
 
 validate: $(STAMP)
-	$(BIN)/python bench/validate.py --out docs/validation.md --seeds $(or $(SEEDS),0-9) $(VALIDATE_ARGS)
+	@mkdir -p out
+	$(BIN)/python bench/validate.py --out docs/validation.md --labels-out out/validation.json --seeds $(or $(SEEDS),0-9) $(VALIDATE_ARGS)
 
 clean:
 	rm -rf out .pytest_cache
