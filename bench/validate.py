@@ -61,7 +61,7 @@ def _correct(ds: Dataset, labels: np.ndarray) -> float:
     return _ari(ds.truth, labels) or 0.0
 
 
-def run_one(ds: Dataset, seed: int, workdir: Path) -> dict[str, Any]:
+def run_one(ds: Dataset, seed: int) -> dict[str, Any]:
     """The default ``cluster`` on one dataset and seed, with every candidate kept."""
     import polars as pl
 
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         for name, ds in datasets.items():
             for seed in seeds:
-                r = run_one(ds, seed, args.workdir)
+                r = run_one(ds, seed)
                 results.append(r)
                 print(f"{name} seed {seed}: {r['groups']} groups, ARI "
                       f"{'' if r['ari'] is None else round(r['ari'], 3)}, {r['seconds']} s",

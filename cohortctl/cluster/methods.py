@@ -28,7 +28,7 @@ from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from cohortctl.cluster import select, stability
 from cohortctl.cluster.embed import umap_embed
-from cohortctl.cluster.placement import PlacementRule, knn_vote
+from cohortctl.cluster.placement import PlacementRule, knn_vote, place
 
 log = logging.getLogger("cohortctl")
 
@@ -152,16 +152,17 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
     # landmarks get the same rule as everyone else.
     ok = core.labels >= 0
     if ok.any():
-        labels, conf, share = knn_vote(Z[marks][ok], core.labels[ok], core.confidence[ok], Z)
-        labels[share < VOTE_MAJORITY] = -1
+        labels, conf, _share = place(Z[marks][ok], core.labels[ok], core.confidence[ok], Z,
+                                     PLACEMENT)
         labels[marks], conf[marks] = core.labels, core.confidence
         if (~ok).any():
             lone = marks[~ok]
-            l2, c2, s2 = knn_vote(Z[marks][ok], core.labels[ok], core.confidence[ok], Z[lone])
-            take = s2 >= VOTE_MAJORITY
+            l2, c2, _s2 = place(Z[marks][ok], core.labels[ok], core.confidence[ok], Z[lone],
+                                PLACEMENT)
+            take = l2 >= 0
             labels[lone[take]], conf[lone[take]] = l2[take], c2[take]
     else:
-        labels, conf, _share = knn_vote(Z[marks], core.labels, core.confidence, Z)
+        labels, conf, _share = knn_vote(Z[marks], core.labels, core.confidence, Z, PLACEMENT)
         labels[marks], conf[marks] = core.labels, core.confidence
     # Landmarks are sparse: near a boundary the 15 nearest reach far. Unsure patients get a
     # second vote at full resolution, among the confidently assigned patients of the cohort.
@@ -170,7 +171,8 @@ def auto_cluster(Z: np.ndarray, *, seed: int, bootstrap: int, fixed_mcs: int | N
         labels, conf = voted
     nearest = labels.copy()
     if (labels < 0).any():
-        nl, _c, _s = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0])
+        nl, _c, _s = knn_vote(Z[marks], core.nearest, core.confidence, Z[labels < 0],
+                              PLACEMENT)
         nearest[labels < 0] = nl
     nearest[marks] = np.where(labels[marks] >= 0, labels[marks], core.nearest)
     runs = [(marks[idx], lab) for idx, lab in core.runs]
@@ -229,16 +231,12 @@ def attach_consensus_noise(labels: np.ndarray, cons: np.ndarray, rate: np.ndarra
 
 
 PLACEMENT = PlacementRule()  # the one rule cluster and assign place patients by
-VOTE_MAJORITY = PLACEMENT.majority
 
 
 SCREEN_FRACTION = 3  # with competing geometries, 1/3 of the bootstraps screen each one
 
+#: ``null_fn(Z, rows, rng)``: a cohort without groups, shaped like ``Z``.
 NullFn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
-
-
-def _gaussian(Z: np.ndarray, rows: int, rng: np.random.Generator) -> np.ndarray:
-    return select.gaussian_null(Z, rows, rng)
 
 
 Task = tuple[np.ndarray, int]  # bootstrap subsample indices and the run's seed
@@ -268,11 +266,16 @@ class _Plan:
         return ("hdbscan", self.sizes[key[1]]) if key[0] == "hdbscan" else key
 
 
+def _boot_sizes(sizes: list[int], n: int, m_boot: int) -> dict[int, int]:
+    """Each minimum cluster size and the size used on a subsample of ``m_boot`` patients:
+    a capped subsample (much smaller than the cohort) gets proportionally smaller sizes."""
+    ratio = m_boot / n if m_boot < 0.75 * n else 1.0
+    return {m: max(5, int(round(m * ratio))) for m in sizes}
+
+
 def _plan(n: int, m_boot: int, fixed_mcs: int | None, families: tuple[str, ...],
           max_groups: int) -> _Plan:
-    # A capped subsample (much smaller than the cohort) gets proportionally smaller sizes.
-    ratio = m_boot / n if m_boot < 0.75 * n else 1.0
-    sizes = ({m: max(5, int(round(m * ratio))) for m in mcs_candidates(n, fixed_mcs)}
+    sizes = (_boot_sizes(mcs_candidates(n, fixed_mcs), n, m_boot)
              if "hdbscan" in families else {})
     ks = k_candidates(n, max_groups) if "ward" in families and not fixed_mcs else []
     return _Plan(sizes, ks)
@@ -356,7 +359,7 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
                                                                             strict=True)]
         labels, cons = _final_partition(chosen, runs, use_consensus)
         final = select.Candidate(chosen.family, chosen.param, labels, chosen.stability)
-        if select.ineligible(final, rule) is not None:
+        if selecting and select.ineligible(final, rule) is not None:
             # The consensus partition broke the rule (more groups, a tiny group): keep the
             # candidate's own partition, which was checked.
             labels = chosen.labels
@@ -394,8 +397,7 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
     return res
 
 
-def _reference_labels(plan: _Plan, key: Key, embedding: np.ndarray,
-                      ward: Any | None) -> np.ndarray:
+def _reference_labels(key: Key, embedding: np.ndarray, ward: Any | None) -> np.ndarray:
     """A candidate's partition of the whole cohort on the reference embedding."""
     from scipy.cluster.hierarchy import fcluster
 
@@ -415,7 +417,7 @@ def _candidates(plan: _Plan, tasks: list[Task], boots: list[dict[Key, np.ndarray
     for key in plan.candidate_keys():
         if only and key[0] != only:
             continue
-        labels = _reference_labels(plan, key, embedding, ward)
+        labels = _reference_labels(key, embedding, ward)
         bk = plan.boot_key(key)
         agree = [adjusted_rand_score(labels[idx], b[bk]) for (idx, _s), b in
                  zip(tasks, boots, strict=True)]
@@ -439,13 +441,10 @@ def _null_stability(Z: np.ndarray, cands: list[select.Candidate], plan: _Plan, *
     rows = min(n, NULL_MAX_ROWS)
     for j in range(sets):
         rng = np.random.default_rng([seed, 11, j])
-        Zn = (null_fn or _gaussian)(Z, rows, rng)
+        Zn = (null_fn or select.gaussian_null)(Z, rows, rng)
         tasks = _tasks(rows, bootstrap, rng, subsample, max_subsample)
-        m_boot = len(tasks[0][0])
-        ratio = m_boot / rows if m_boot < 0.75 * rows else 1.0
         scaled = {m: max(5, int(round(m * rows / n))) for m in plan.sizes}
-        nplan = _Plan({scaled[m]: max(5, int(round(scaled[m] * ratio))) for m in plan.sizes},
-                      plan.ks)
+        nplan = _Plan(_boot_sizes(list(scaled.values()), rows, len(tasks[0][0])), plan.ks)
         if progress:
             progress(f"null cohort {j + 1}/{sets}")
         boots, emb = _bootstrap_with_reference(Zn, tasks, nplan, n_neighbors,
@@ -504,9 +503,8 @@ def vote_unsure(Z: np.ndarray, labels: np.ndarray, conf: np.ndarray
         return None
     if min(int((confident & (labels == c)).sum()) for c in clusters) < MIN_STABLE_MEMBERS:
         return None
-    voted, voted_conf, share = knn_vote(Z[confident], labels[confident], conf[confident],
-                                        Z[unsure])
-    voted[share < VOTE_MAJORITY] = -1
+    voted, voted_conf, _share = place(Z[confident], labels[confident], conf[confident],
+                                      Z[unsure], PLACEMENT)
     labels, conf = labels.copy(), conf.copy()
     labels[unsure], conf[unsure] = voted, voted_conf
     return labels, conf

@@ -221,8 +221,8 @@ def _alternative_geometries(models: dict[str, BlockModel], scores: BlockScores,
 
 def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray]],
                 opts: ClusterOptions, progress: Callable[[str], None] | None,
-                alternatives: dict[str, np.ndarray] | None = None,
-                models: dict[str, BlockModel] | None = None) -> methods.ClusterResult:
+                alternatives: dict[str, np.ndarray],
+                models: dict[str, BlockModel]) -> methods.ClusterResult:
     Z = integ.matrix
     if opts.method in ("auto", "hdbscan"):
         return methods.auto_cluster(
@@ -235,7 +235,7 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
             name="equal" if opts.features.component_weight == "equal" else "variance",
             families=methods.FAMILIES if opts.method == "auto" else ("hdbscan",),
             rule=selection_rule(opts), null_sets=opts.null_sets,
-            null_fn=_null_cohort(integ, models or {}),
+            null_fn=_null_cohort(integ, models),
         )
     k_values = [opts.k] if opts.k else list(range(opts.k_range[0], opts.k_range[1] + 1))
     affinity_fn = None
@@ -248,8 +248,7 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
     )
 
 
-def _null_cohort(integ: Integrated, models: dict[str, BlockModel]
-                 ) -> Callable[[np.ndarray, int, np.random.Generator], np.ndarray]:
+def _null_cohort(integ: Integrated, models: dict[str, BlockModel]) -> methods.NullFn:
     """The no-structure cohorts the model selection compares against, block by block.
 
     Continuous blocks: Gaussian with the block's mean and covariance in the clustered space

@@ -87,6 +87,7 @@ class Candidate:
 
     def row(self, rule: SelectionRule) -> dict[str, Any]:
         """The candidate as a row of ``metrics.json``'s selection table."""
+        why_not = ineligible(self, rule)
         return {"family": self.family, "param": self.param,
                 "min_cluster_size" if self.family == "hdbscan" else "k": self.param,
                 "clusters": self.groups, "smallest": self.smallest,
@@ -94,8 +95,7 @@ class Candidate:
                 "stability": round(self.stability, 6),
                 "null_stability": round(self.null_mean, 6),
                 "score": round(self.score, 6),
-                "eligible": ineligible(self, rule) is None,
-                "why_not": ineligible(self, rule)}
+                "eligible": why_not is None, "why_not": why_not}
 
 
 def ineligible(c: Candidate, rule: SelectionRule) -> str | None:
