@@ -131,3 +131,28 @@ def test_max_groups_is_respected() -> None:
     res = auto_cluster(Z, **KW, rule=select.SelectionRule(max_groups=4))
     assert np.unique(res.labels[res.labels >= 0]).size <= 4
     assert all(not s["eligible"] for s in res.scores if s["clusters"] > 4)
+
+
+def test_report_caveats_and_selection_table() -> None:
+    """The report says when nothing was found, when the choice was close, and which
+    groups are unstable; the candidate table keeps numbers as numbers."""
+    from cohortctl.report.build import _selection_table, selection_caveats
+
+    none = select.choose([_cand("ward", 2, [50, 50], 0.9, 0.85)], RULE)
+    text = selection_caveats({"selection": none.summary()}, [])
+    assert len(text) == 1 and "no stable structure" in text[0]
+    close = select.choose([_cand("ward", 4, [25] * 4, 0.83, 0.4),
+                           _cand("hdbscan", 10, [40, 30, 30], 0.80, 0.4)], RULE)
+    text = selection_caveats({"selection": close.summary()},
+                             [{"name": "cluster 1", "suppressed": False, "stability": 0.4},
+                              {"name": "cluster 0", "suppressed": False, "stability": 0.9}])
+    assert any("not decisive" in t and "4 groups" in t for t in text)
+    assert any(t.startswith("cluster 1 is unstable") for t in text)
+    decisive = select.choose([_cand("ward", 3, [40, 30, 30], 0.9, 0.3)], RULE)
+    assert selection_caveats({"selection": decisive.summary()}, []) == []
+    rows = [c.row(RULE) for c in (_cand("ward", 3, [40, 30, 30], 0.9, 0.3),
+                                  _cand("hdbscan", 5, [10] * 10, 0.99, 0.1))]
+    table = _selection_table(rows)
+    assert table["candidate"].to_list() == ["ward K=3", "hdbscan size=5"]
+    assert table["score"].to_list() == [0.6, 0.89]
+    assert table["usable"].to_list() == ["yes", "no: more than 8 groups"]

@@ -229,10 +229,10 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     n_assigned = sum(layout.sizes[k] for k in layout.sizes if k >= 0)
     n_clusters = sum(1 for k in layout.sizes if k >= 0)
     unassigned = layout.sizes.get(-1, 0)
-    _add_text(sec, f"{n_clusters} clusters; {_count(unassigned, min_cell)} patients unassigned "
-                   "(HDBSCAN noise, with their nearest cluster kept in the assignments)."
-              if unassigned or params.get("method") in ("auto", "hdbscan")
-              else f"{n_clusters} clusters.")
+    groups = f"{n_clusters} {'group' if n_clusters == 1 else 'groups'}"
+    _add_text(sec, f"{groups}; {_count(unassigned, min_cell)} patients unassigned (no majority "
+                   "for one group; their nearest group is kept in the assignments)."
+              if unassigned else f"{groups}; every patient assigned.")
     scores = metrics.get("selection_scores") or []
     selected = metrics.get("selected") or params.get("resolved") or {}
     caveats = selection_caveats(selected, raw)
@@ -240,8 +240,8 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
         _add_text(sec, "Caveat: " + text)
     if scores:
         _add_figure(rep, sec, "selection", "Model selection", _selection_figure(scores, selected))
-        table = pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
-        _add_table(rep, sec, "selection_scores", "Score of every setting tried", table)
+        _add_table(rep, sec, "selection_scores", "Score of every setting tried",
+                   _selection_table(scores))
     cons = metrics.get("consensus")
     reference = _reference_agreement(assignments, clinical, roles)
     if reference:
@@ -306,29 +306,55 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
     return out
 
 
+def _candidate_name(s: dict[str, Any]) -> str:
+    """'ward K=3', 'hdbscan size=15'; older runs and K methods: their setting."""
+    if "family" in s:
+        return f"{s['family']} {'size' if s['family'] == 'hdbscan' else 'K'}={s['param']}"
+    setting = next((k for k in ("min_cluster_size", "k") if k in s), None)
+    return f"{setting}={s[setting]}" if setting else "-"
+
+
+def _is_chosen(s: dict[str, Any], selected: dict[str, Any]) -> bool:
+    """Whether a score row is the run's chosen candidate (or, for K methods, its K)."""
+    if "family" in s:
+        setting = "min_cluster_size" if s["family"] == "hdbscan" else "k"
+        return s["family"] == selected.get("family") and s["param"] == selected.get(setting)
+    setting = "k" if "k" in s else "min_cluster_size"
+    return setting in s and s[setting] == selected.get(setting)
+
+
+def _selection_table(scores: list[dict[str, Any]]) -> pl.DataFrame:
+    """One row per candidate: what it found and how it scored (numbers stay numbers)."""
+    if "family" not in scores[0]:  # K methods and runs of earlier versions
+        return pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
+    return pl.DataFrame([{
+        "candidate": _candidate_name(s), "groups": s["clusters"],
+        "smallest group": s["smallest"], "unassigned": s["unassigned"],
+        "stability": round(s["stability"], 3), "null stability": round(s["null_stability"], 3),
+        "score": round(s["score"], 3),
+        "usable": "yes" if s["eligible"] else f"no: {s['why_not']}",
+    } for s in scores])
+
+
 def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) -> dict[str, Any]:
     """Every candidate's scores; the x axis names the candidate (family and parameter)."""
-    def name(s: dict[str, Any]) -> str:
-        if "family" in s:
-            return f"{s['family']} {'K' if s['family'] != 'hdbscan' else 'size'}={s['param']}"
-        setting = next((k for k in ("min_cluster_size", "k") if k in s), None)
-        return f"{setting}={s[setting]}" if setting else str(len(s))
-
     metric_keys = [k for k in ("stability", "null_stability", "score", "silhouette", "pac",
                                "bootstrap_agreement_ari") if k in scores[0]]
-    xs = [name(s) for s in scores]
+    xs = [_candidate_name(s) for s in scores]
     traces = [{"type": "scatter", "mode": "markers", "name": m.replace("_", " "),
                "x": xs, "y": [s.get(m) for s in scores]} for m in metric_keys]
-    chosen = next((x for x, s in zip(xs, scores, strict=True)
-                   if s.get("family") == selected.get("family")
-                   and s.get("param") in (selected.get("min_cluster_size"), selected.get("k"))),
-                  None)
+    chosen = next((x for x, s in zip(xs, scores, strict=True) if _is_chosen(s, selected)), None)
     shapes = ([{"type": "line", "x0": chosen, "x1": chosen, "yref": "paper", "y0": 0, "y1": 1,
                 "line": {"dash": "dot", "color": "#888"}}] if chosen is not None else [])
-    return {"data": traces, "layout": {"xaxis": {"title": {"text": "candidate"},
-                                                 "type": "category"},
-                                       "yaxis": {"title": {"text": "score"}}, "shapes": shapes,
-                                       "height": 340}}
+    # A whole margin object: the page merges layouts shallowly, so a partial one would
+    # lose the other sides. Legend above the plot, clear of the slanted candidate names.
+    return {"data": traces, "layout": {
+        "xaxis": {"title": {"text": "candidate (dotted line: chosen)"}, "type": "category",
+                  "tickangle": -35, "automargin": True},
+        "yaxis": {"title": {"text": "score"}, "automargin": True},
+        "margin": {"l": 60, "r": 20, "t": 40, "b": 120},
+        "legend": {"orientation": "h", "x": 0, "y": 1.12},
+        "shapes": shapes, "height": 380}}
 
 
 def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,
