@@ -346,14 +346,12 @@ def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) ->
     chosen = next((x for x, s in zip(xs, scores, strict=True) if _is_chosen(s, selected)), None)
     shapes = ([{"type": "line", "x0": chosen, "x1": chosen, "yref": "paper", "y0": 0, "y1": 1,
                 "line": {"dash": "dot", "color": "#888"}}] if chosen is not None else [])
-    # A whole margin object: the page merges layouts shallowly, so a partial one would
-    # lose the other sides. Legend above the plot, clear of the slanted candidate names.
+    # Legend above the plot, clear of the slanted candidate names.
     return {"data": traces, "layout": {
         "xaxis": {"title": {"text": "candidate (dotted line: chosen)"}, "type": "category",
                   "tickangle": -35, "automargin": True},
         "yaxis": {"title": {"text": "score"}, "automargin": True},
-        "margin": {"l": 60, "r": 20, "t": 40, "b": 120},
-        "legend": {"orientation": "h", "x": 0, "y": 1.12},
+        "margin": {"t": 40, "b": 120}, "legend": {"orientation": "h", "x": 0, "y": 1.12},
         "shapes": shapes, "height": 380}}
 
 
