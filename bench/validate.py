@@ -41,8 +41,12 @@ from cohortctl.cluster import select  # noqa: E402
 from cohortctl.cluster.run import ClusterOptions, cluster  # noqa: E402
 from cohortctl.store import Store  # noqa: E402
 
-MIN_SCORES = (0.05, 0.1, 0.15, 0.2, 0.25)
-TOLERANCES = (0.0, 0.025, 0.05, 0.1)
+MIN_SCORES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
+TOLERANCES = (0.0, 0.025, 0.05)
+RANKS = ("stability", "score")
+Setting = tuple[str, float, float]  # rank, min_score, tolerance
+DEFAULT: Setting = (select.SelectionRule.rank, select.SelectionRule.min_score,
+                    select.SelectionRule.tolerance)
 
 
 def _ari(truth: np.ndarray | None, labels: np.ndarray) -> float | None:
@@ -117,8 +121,8 @@ def _shape_labels(groups: int, smallest: int, unassigned: int, n: int) -> np.nda
     return labels
 
 
-def _choose_offline(cands: list[dict[str, Any]], min_score: float, tolerance: float,
-                    n: int) -> dict[str, Any] | None:
+def _choose_offline(cands: list[dict[str, Any]], setting: Setting, n: int
+                    ) -> dict[str, Any] | None:
     """The selection rule applied to a stored candidate table (None = one group)."""
     rows, by_key = [], {}
     for c in cands:
@@ -127,34 +131,36 @@ def _choose_offline(cands: list[dict[str, Any]], min_score: float, tolerance: fl
                                c["stability"], [c["null"]])
         rows.append(row)
         by_key[row.key] = c
-    rule = select.SelectionRule(min_score=min_score, tolerance=tolerance)
+    rank, min_score, tolerance = setting
+    rule = select.SelectionRule(min_score=min_score, tolerance=tolerance, rank=rank)
     d = select.choose(rows, rule)
     return None if d.chosen is None else by_key[d.chosen.key]
 
 
 def rule_grid(results: list[dict[str, Any]], datasets: dict[str, Dataset]
-              ) -> tuple[dict[tuple[float, float], dict[str, float]], list[dict[str, Any]]]:
-    """Objective per (min_score, tolerance) and dataset; LODO choice per held-out dataset."""
-    grid: dict[tuple[float, float], dict[str, float]] = {}
-    for ms, tol in itertools.product(MIN_SCORES, TOLERANCES):
+              ) -> tuple[dict[Setting, dict[str, float]], list[dict[str, Any]]]:
+    """Objective per (rank, min_score, tolerance) and dataset; LODO choice per held-out
+    dataset."""
+    grid: dict[Setting, dict[str, float]] = {}
+    for setting in itertools.product(RANKS, MIN_SCORES, TOLERANCES):
         per: dict[str, list[float]] = {}
         for r in results:
             ds = datasets[r["dataset"]]
-            pick = _choose_offline(r["candidates"], ms, tol, len(ds.patient_ids))
+            pick = _choose_offline(r["candidates"], setting, len(ds.patient_ids))
             if pick is None:
                 val = _correct(ds, np.zeros(len(ds.patient_ids), dtype=np.int64))
             else:
                 val = pick["correct"] if pick["correct"] is not None else 0.0
             per.setdefault(r["dataset"], []).append(val)
-        grid[(ms, tol)] = {k: float(np.mean(v)) for k, v in per.items()}
+        grid[setting] = {k: float(np.mean(v)) for k, v in per.items()}
     lodo = []
     names = sorted({r["dataset"] for r in results})
     for held in names:
-        def others(key: tuple[float, float], held: str = held) -> float:
+        def others(key: Setting, held: str = held) -> float:
             return float(np.mean([v for k, v in grid[key].items() if k != held]))
-        best = max(grid, key=lambda key: (others(key), key == (select.SelectionRule.min_score,
-                                                               select.SelectionRule.tolerance)))
-        lodo.append({"held_out": held, "min_score": best[0], "tolerance": best[1],
+        best = max(grid, key=lambda key: (others(key), key == DEFAULT))
+        lodo.append({"held_out": held, "rank": best[0], "min_score": best[1],
+                     "tolerance": best[2],
                      "others": round(others(best), 3), "held_out_objective":
                      round(grid[best][held], 3)})
     return grid, lodo
@@ -215,18 +221,22 @@ def render(results: list[dict[str, Any]], datasets: dict[str, Dataset],
             "Offline re-selection from the stored candidates, judged on each candidate's "
             "reference-embedding partition (the final partition is the bootstrap consensus "
             "of the chosen candidate).", "",
-            "| min_score | tolerance | " + " | ".join(names) + " | mean |",
-            "|---:|---:|" + "---:|" * (len(names) + 1)]
-    for (ms, tol), per in grid.items():
-        out.append(f"| {ms} | {tol} | " + " | ".join(f"{per[n]:.2f}" for n in names)
+            "| ranked by | min_score | tolerance | " + " | ".join(names) + " | mean |",
+            "|---|---:|---:|" + "---:|" * (len(names) + 1)]
+    for (rank, ms, tol), per in grid.items():
+        mark = " (default)" if (rank, ms, tol) == DEFAULT else ""
+        out.append(f"| {rank}{mark} | {ms} | {tol} | "
+                   + " | ".join(f"{per[n]:.2f}" for n in names)
                    + f" | {np.mean([per[n] for n in names]):.3f} |")
     out += ["", "## Leave one dataset out", "",
-            "For each held-out dataset, the (min_score, tolerance) best on the others, and "
-            "its objective on the held-out one.", "",
-            "| held out | min_score | tolerance | objective on the others | held-out objective |",
-            "|---|---:|---:|---:|---:|"]
+            "For each held-out dataset, the (ranking, min_score, tolerance) best on the others, "
+            "and its objective on the held-out one.", "",
+            "| held out | ranked by | min_score | tolerance | objective on the others "
+            "| held-out objective |",
+            "|---|---|---:|---:|---:|---:|"]
     for row in lodo:
-        out.append(f"| {row['held_out']} | {row['min_score']} | {row['tolerance']} | "
+        out.append(f"| {row['held_out']} | {row['rank']} | {row['min_score']} | "
+                   f"{row['tolerance']} | "
                    f"{row['others']:.3f} | {row['held_out_objective']:.3f} |")
     return "\n".join(out) + "\n"
 

@@ -267,9 +267,9 @@ def cluster(
         log.warning("no stable structure: %s; every patient is in one group",
                     selection.get("reason"))
     elif selection and not selection.get("decisive", True):
-        log.warning("the choice of %s groups is not decisive (score margin %s over the "
-                    "runner-up); compare seeds before relying on it",
-                    metrics["n_clusters"], selection.get("margin"))
+        log.warning("the choice of %s groups is not decisive (margin %s in %s over the "
+                    "runner-up); compare seeds before relying on it", metrics["n_clusters"],
+                    selection.get("margin"), selection.get("ranked_by", "score"))
     _emit(st.root, {"run": path.name, "run_path": str(path),
                     **{k: metrics[k] for k in ("n_patients", "n_clusters", "unassigned",
                                                "silhouette", "stability")},

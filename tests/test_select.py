@@ -27,13 +27,20 @@ def test_no_candidate_above_the_null_means_one_group() -> None:
     assert "null" in d.reason and d.runner_up is not None
 
 
-def test_the_highest_score_wins_not_the_highest_stability() -> None:
-    """A two-group split of a continuum is very stable, and so is the null's: the score
-    (stability minus null) prefers the three real groups."""
-    cands = [_cand("ward", 2, [50, 50], 0.95, 0.90), _cand("ward", 3, [40, 30, 30], 0.85, 0.45)]
-    d = select.choose(cands, RULE)
-    assert d.chosen is cands[1] and d.margin == pytest.approx(0.35)
-    assert d.decisive
+def test_the_null_is_a_gate_and_the_most_stable_passing_candidate_wins() -> None:
+    """A two-group split of a continuum is very stable, and so is the null's: it does not
+    pass the gate. Of the candidates that do, the most stable wins, even when another has
+    the larger stability-minus-null score (the null rests on fewer bootstraps)."""
+    continuum = _cand("ward", 2, [50, 50], 0.97, 0.90)
+    three = _cand("ward", 3, [40, 30, 30], 0.90, 0.50)  # score 0.40
+    four = _cand("hdbscan", 8, [25] * 4, 0.80, 0.20)  # score 0.60
+    d = select.choose([continuum, three, four], RULE)
+    assert d.chosen is three and d.runner_up is four
+    assert d.margin == pytest.approx(0.10) and d.decisive
+    assert d.summary()["ranked_by"] == "stability"
+    by_score = select.choose([continuum, three, four],
+                             select.SelectionRule(min_score=0.15, rank="score"))
+    assert by_score.chosen is four and by_score.margin == pytest.approx(0.20)
 
 
 def test_within_tolerance_the_fewest_groups_win() -> None:
@@ -41,9 +48,11 @@ def test_within_tolerance_the_fewest_groups_win() -> None:
     four = _cand("ward", 4, [25, 25, 25, 25], 0.83, 0.40)
     d = select.choose([four, three], RULE)
     assert d.chosen is three and "fewest groups" in d.reason
-    assert not d.decisive  # the runner-up is 0.03 better: recorded as not decisive
+    assert not d.decisive  # the runner-up is 0.03 more stable: recorded as not decisive
     far = _cand("ward", 4, [25, 25, 25, 25], 0.95, 0.40)
     assert select.choose([far, three], RULE).chosen is far
+    strict = select.SelectionRule(min_score=0.15, tolerance=0.0)
+    assert select.choose([four, three], strict).chosen is four
 
 
 @pytest.mark.parametrize(("cand", "why"), [

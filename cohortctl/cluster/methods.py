@@ -349,7 +349,7 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
         decision = select.choose(cands, rule)
     else:
         decision = select.Decision(cands[0] if cands else None, None,
-                                   cands[0].score if cands else 0.0, "fixed by the user")
+                                   cands[0].score if cands else 0.0, "fixed by the user", rule)
     chosen = decision.chosen
     if chosen is None:
         res = finish(np.zeros(n, dtype=np.int64), embedding, [], None)

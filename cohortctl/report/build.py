@@ -275,8 +275,9 @@ def selection_caveats(selected: dict[str, Any], clusters: list[dict[str, Any]]) 
     elif sel and not sel.get("decisive", True):
         r = sel.get("runner_up") or {}
         out.append(f"the choice of {sel['chosen']['clusters']} groups is not decisive: "
-                   f"{r.get('clusters')} groups ({r.get('family')}) scored within "
-                   f"{abs(sel.get('margin') or 0):.3f}. Another seed may give that partition.")
+                   f"{r.get('clusters')} groups ({r.get('family')}) came within "
+                   f"{abs(sel.get('margin') or 0):.3f} in {sel.get('ranked_by', 'score')}. "
+                   "Another seed may give that partition.")
     weak = [c["name"] for c in clusters if not c["suppressed"]
             and c.get("stability") is not None and c["stability"] < UNSTABLE_CLUSTER]
     if weak:
