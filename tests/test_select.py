@@ -165,3 +165,17 @@ def test_report_caveats_and_selection_table() -> None:
     assert table["candidate"].to_list() == ["ward K=3", "hdbscan size=5"]
     assert table["score"].to_list() == [0.6, 0.89]
     assert table["usable"].to_list() == ["yes", "no: more than 8 groups"]
+
+
+def test_fast_adjusted_rand_equals_scikit_learn() -> None:
+    """The model selection's ARI is scikit-learn's to the last bit (-1 labels included)."""
+    from cohortctl.cluster.stability import adjusted_rand
+
+    rng = np.random.default_rng(0)
+    for t in range(3000):
+        n = int(rng.integers(1, 200))
+        a = rng.integers(-1, int(rng.integers(1, 8)), n)
+        b = a.copy() if t % 3 == 0 else rng.integers(-1, int(rng.integers(1, 8)), n)
+        if t % 5 == 0:
+            b = np.where(rng.random(n) < 0.1, rng.integers(-1, 4, n), a)
+        assert adjusted_rand(a, b) == adjusted_rand_score(a, b)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import adjusted_rand_score, silhouette_score
+from sklearn.metrics import silhouette_score
 
 from cohortctl.cluster import select, stability
 from cohortctl.cluster.embed import umap_embed
@@ -419,7 +419,7 @@ def _candidates(plan: _Plan, tasks: list[Task], boots: list[dict[Key, np.ndarray
             continue
         labels = _reference_labels(key, embedding, ward)
         bk = plan.boot_key(key)
-        agree = [adjusted_rand_score(labels[idx], b[bk]) for (idx, _s), b in
+        agree = [stability.adjusted_rand(labels[idx], b[bk]) for (idx, _s), b in
                  zip(tasks, boots, strict=True)]
         groups = np.unique(labels[labels >= 0]).size
         score = float(np.mean(agree)) if agree and groups >= 2 else 0.0

@@ -13,6 +13,30 @@ import numpy as np
 BootRun = tuple[np.ndarray, np.ndarray]
 
 
+def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two integer labellings (-1 counts as one more group).
+
+    The same pair counts and formula as scikit-learn's ``adjusted_rand_score`` (equal to
+    the last bit, tested), without its input validation, which cost 1 ms a call: model
+    selection makes hundreds of these comparisons per run (0.6 s of TCGA breast's 3.5 s).
+    """
+    n = int(a.size)
+    _, ai = np.unique(a, return_inverse=True)
+    _, bi = np.unique(b, return_inverse=True)
+    width = int(bi.max()) + 1 if n else 1
+    cells = np.bincount(ai.ravel() * width + bi.ravel()).astype(np.int64)
+    sum_squares = int((cells * cells).sum())
+    rows = np.bincount(ai.ravel()).astype(np.int64)
+    cols = np.bincount(bi.ravel()).astype(np.int64)
+    tp = sum_squares - n
+    fp = int((cols * cols).sum()) - sum_squares
+    fn = int((rows * rows).sum()) - sum_squares
+    tn = n * n - fp - fn - sum_squares
+    if fn == 0 and fp == 0:
+        return 1.0
+    return 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn))
+
+
 def jaccard_stability(reference: np.ndarray, runs: Sequence[BootRun]) -> dict[int, float]:
     """Per reference cluster: mean Jaccard with its best-matching cluster in each run.
 
