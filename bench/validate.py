@@ -42,7 +42,7 @@ from cohortctl.cluster.run import ClusterOptions, cluster  # noqa: E402
 from cohortctl.store import Store  # noqa: E402
 
 MIN_SCORES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
-TOLERANCES = (0.0, 0.025, 0.05)
+TOLERANCES = (0.0, 0.01, 0.025, 0.05)
 RANKS = ("stability", "score")
 Setting = tuple[str, float, float]  # rank, min_score, tolerance
 DEFAULT: Setting = (select.SelectionRule.rank, select.SelectionRule.min_score,

@@ -20,8 +20,9 @@ The rule (:func:`choose`), kept pure so that it can be validated across datasets
 3. Among the passing candidates the most stable wins (``rank="stability"``; the null
    rests on 2 x 10 bootstraps against the cohort's 30, so ranking by the difference would
    rank by the null's noise: measured in docs/validation.md), ``rank="score"`` ranks by
-   the score instead. Candidates within ``tolerance`` of the best: the fewest groups
-   wins, then the higher value, then the family order.
+   the score instead. Candidates within ``tolerance`` of the best are told apart by the
+   other value (the score: a two-group split that is as reproducible as four real groups
+   is usually as reproducible on the null too), then by fewer groups and the family.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class SelectionRule:
     """The documented selection rule (see the module docstring); recorded in params.json."""
 
     min_score: float = 0.25
-    tolerance: float = 0.0
+    tolerance: float = 0.01
     rank: str = "stability"  # stability | score: what passing candidates are ranked by
     min_group_fraction: float = 0.03
     min_group_size: int = 5
@@ -119,6 +120,11 @@ def ranking(c: Candidate, rule: SelectionRule) -> float:
     return c.score if rule.rank == "score" else c.stability
 
 
+def tie_break(c: Candidate, rule: SelectionRule) -> float:
+    """Among candidates within ``tolerance`` of the best ranking value: the other one."""
+    return c.stability if rule.rank == "score" else c.score
+
+
 @dataclass
 class Decision:
     """The chosen candidate (None: no stable structure) and how decisive the choice was."""
@@ -180,12 +186,13 @@ def choose(candidates: list[Candidate], rule: SelectionRule) -> Decision:
     order = {f: i for i, f in enumerate(FAMILY_ORDER)}
     best = max(passing, key=lambda c: ranking(c, rule))
     near = [c for c in passing if ranking(c, rule) >= ranking(best, rule) - rule.tolerance]
-    chosen = min(near, key=lambda c: (c.groups, -ranking(c, rule), order.get(c.family, 99),
+    chosen = min(near, key=lambda c: (-tie_break(c, rule), c.groups, order.get(c.family, 99),
                                       c.param))
     others = [c for c in passing if c.groups != chosen.groups]
     runner = max(others, key=lambda c: ranking(c, rule)) if others else None
     reason = (f"highest {rule.rank} above the null" if chosen is best else
-              f"fewest groups within {rule.tolerance} of the highest {rule.rank} "
+              f"highest {'score' if rule.rank == 'stability' else 'stability'} within "
+              f"{rule.tolerance} of the highest {rule.rank} "
               f"({best.family} {best.param}: {ranking(best, rule):.3f})")
     return Decision(chosen, runner, top.score, reason, rule)
 
