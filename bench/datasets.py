@@ -284,6 +284,19 @@ def _sim_binary(d: Path) -> None:
     _write_wide(d / "response.parquet", ids, response, "drug")
 
 
+def _sim_binary_noise(d: Path) -> None:
+    """300 patients, 80 binary genes mutated independently at 2-30 %: no structure; 10 drug
+    responses unrelated to the mutations."""
+    rng = np.random.default_rng(12)
+    n, genes = 300, 80
+    X = (rng.random((n, genes)) < rng.uniform(0.02, 0.30, genes)).astype(np.int8)
+    ids = _ids(n)
+    pl.DataFrame({"patient_id": ids, **{f"GENE{j + 1}": X[:, j] for j in range(genes)}}
+                 ).write_parquet(d / "mutations.parquet", statistics=True)
+    _write_clinical(d / "clinical.parquet", ids, np.zeros(n, dtype=int))
+    _write_wide(d / "response.parquet", ids, rng.standard_normal((n, 10)), "drug")
+
+
 def _sim_opts(genetic: bool = False) -> Callable[[Path], IngestOptions]:
     """Ingest options for a simulated dataset's files in ``workdir/<name>/``."""
 
@@ -323,6 +336,9 @@ def _recipes() -> list[_Recipe]:
                 _sim_gaussian(7, [134, 133, 133], 2000, 60, (0.8, 1.2), programme=(500, 2.0))),
         _Recipe("sim_binary", "sim", "mutation-only 250 x 70 binary genes, 4 groups; "
                 "10 drug outcomes", _sim_opts(genetic=True), "truth", _sim_binary),
+        _Recipe("sim_binary_noise", "sim", "mutation-only 300 x 80 independent binary genes "
+                "(2-30 %), no structure", _sim_opts(genetic=True), "truth", _sim_binary_noise,
+                structure=False),
         _Recipe("sim_small", "sim", "60 x 3,000 genes, 3 groups, 150 signal genes", gauss,
                 "truth", _sim_gaussian(9, [20] * 3, 3000, 150, (0.8, 1.4))),
         _Recipe("sim_unbalanced", "sim", "400 x 1,500 genes, groups 240/100/40/20", gauss,

@@ -53,6 +53,10 @@ class FeatureSettings:
     #: are) | equal (every kept component the same variance)
     component_weight: str = "auto"
     transform: str = "auto"  # auto | none | mvalue | log1p
+    #: components of a mutation (0/1) block: noise (parallel analysis) | all (up to
+    #: ``max_components``: the block keeps its Hamming geometry; set by ``cluster`` when
+    #: the cohort is clustered on mutation calls alone)
+    discrete_components: str = "noise"
 
 
 NULL_SAMPLE_ROWS = 1000  # rows kept from a discrete block for the model-selection null
@@ -135,13 +139,20 @@ class BlockModel:
         X[rows, cols_missing] = imp[cols_missing]
         del missing, rows, cols_missing
         center = X.mean(axis=0)
-        scale = X.std(axis=0)
-        scale[scale < 1e-12] = 1.0
+        if binary and self.kind != "clinical":
+            # 0/1 calls are centred, not scaled: the distance stays the Hamming distance
+            # (each mutation counts once). Dividing by sqrt(p(1-p)) would give a 2 %
+            # passenger seven times the weight of a 50 % driver, and the rare calls' spikes
+            # then dominate the spectrum and its noise floor.
+            scale = np.ones_like(center)
+        else:
+            scale = X.std(axis=0)
+            scale[scale < 1e-12] = 1.0
         self.impute, self.center, self.scale = imp.tolist(), center.tolist(), scale.tolist()
         X -= center
         X /= scale
         Xs = X
-        self._fit_pca(Xs, settings)
+        self._fit_pca(Xs, settings, discrete=binary and self.kind != "clinical")
         assert self.components is not None
         #: Training scores, identical to ``transform_frame`` on the same table.
         self.fit_scores = (self._scores(Xs), observed)
@@ -157,7 +168,7 @@ class BlockModel:
             self.dropped[key] = self.dropped.get(key, 0) + count
         return self
 
-    def _fit_pca(self, Xs: np.ndarray, settings: FeatureSettings) -> None:
+    def _fit_pca(self, Xs: np.ndarray, settings: FeatureSettings, discrete: bool = False) -> None:
         n, p = Xs.shape
         kmax = max(1, min(settings.max_components, n - 1, p))
         s, vt = _top_singular(Xs, kmax)
@@ -168,10 +179,13 @@ class BlockModel:
         ratio = (s**2) / total if total > 0 else np.zeros_like(s)
         # Clinical inputs are variables the user named one by one: each may carry a group on
         # its own, which a permutation test (correlation structure only) cannot see.
-        if settings.components == "variance" or self.kind == "clinical":
+        if discrete and settings.discrete_components == "all":
+            k = int(np.sum(s > 1e-9 * s[0])) if s[0] > 0 else 1
+        elif settings.components == "variance" or self.kind == "clinical":
             k = int(np.searchsorted(np.cumsum(ratio), settings.variance) + 1)
         else:
-            k = components_above_noise(Xs, kmax, observed=s)
+            k = components_above_noise(Xs, kmax, observed=s,
+                                       rank_by_rank=discrete)
         k = max(1, min(k, kmax))
         self.components = vt[:k]
         self.explained_variance_ratio = ratio[:k].tolist()
@@ -305,7 +319,8 @@ NOISE_QUANTILE = 0.95
 
 
 def components_above_noise(Xs: np.ndarray, kmax: int,
-                           observed: np.ndarray | None = None) -> int:
+                           observed: np.ndarray | None = None,
+                           rank_by_rank: bool = False) -> int:
     """How many principal components stand above noise (parallel analysis, max-null).
 
     Every column is permuted independently, which keeps each feature's distribution
@@ -331,9 +346,14 @@ def components_above_noise(Xs: np.ndarray, kmax: int,
     if observed is None:
         observed = _top_singular(sub, kmax, vectors=False)[0]
     observed = observed[:kmax]
-    null_top = [_top_singular(rng.permuted(sub, axis=0), min(kmax, 5), vectors=False)[0][0]
-                for _ in range(NOISE_PERMUTATIONS)]
-    above = observed > np.quantile(null_top, NOISE_QUANTILE)
+    if rank_by_rank:
+        null = np.array([_top_singular(rng.permuted(sub, axis=0), kmax, vectors=False)[0]
+                         for _ in range(NOISE_PERMUTATIONS)])
+        above = observed > np.quantile(null, NOISE_QUANTILE, axis=0)
+    else:
+        null_top = [_top_singular(rng.permuted(sub, axis=0), min(kmax, 5), vectors=False)[0][0]
+                    for _ in range(NOISE_PERMUTATIONS)]
+        above = observed > np.quantile(null_top, NOISE_QUANTILE)
     return int(kmax if above.all() else np.argmin(above))
 
 

@@ -37,6 +37,9 @@ MIN_CORE = 30  # fewest complete patients worth clustering on their own
 LANDMARKS = 2000  # above this many patients, cluster landmarks and place the rest by kNN
 UMAP_DIMS = 5
 FAMILIES = ("hdbscan", "ward")  # candidate families of ``auto``
+#: ``auto`` on a cohort of mutation calls only: k-means on the calls themselves (see run.py)
+DISCRETE_FAMILIES = ("kmeans",)
+KMEANS_INIT = 10  # k-means restarts per fit (the best of them by inertia)
 NULL_SETS = 2  # Gaussian no-structure cohorts each candidate is also run on
 NULL_MAX_ROWS = 1000  # null cohorts are at most this large (candidate sizes scale with them)
 REFERENCE_EPOCHS = 200  # full-cohort embedding; bootstrap embeddings use the same
@@ -250,17 +253,25 @@ def k_candidates(n: int, max_groups: int) -> list[int]:
 
 @dataclass
 class _Plan:
-    """What each bootstrap computes: HDBSCAN sizes (scaled to the subsample) and Ward Ks."""
+    """What each bootstrap computes: HDBSCAN sizes (scaled to the subsample), Ward Ks on
+    the UMAP embedding and k-means Ks on the integrated space itself."""
 
     sizes: dict[int, int]  # candidate minimum cluster size -> size used on a subsample
     ks: list[int]
+    kmeans: list[int] = field(default_factory=list)
 
     @property
     def boot_sizes(self) -> list[int]:
         return sorted(set(self.sizes.values()))
 
     def candidate_keys(self) -> list[Key]:
-        return [("hdbscan", m) for m in self.sizes] + [("ward", k) for k in self.ks]
+        return ([("hdbscan", m) for m in self.sizes] + [("ward", k) for k in self.ks]
+                + [("kmeans", k) for k in self.kmeans])
+
+    @property
+    def needs_embedding(self) -> bool:
+        """Whether a bootstrap run needs its own UMAP (not for k-means alone)."""
+        return bool(self.sizes or self.ks)
 
     def boot_key(self, key: Key) -> Key:
         return ("hdbscan", self.sizes[key[1]]) if key[0] == "hdbscan" else key
@@ -278,7 +289,8 @@ def _plan(n: int, m_boot: int, fixed_mcs: int | None, families: tuple[str, ...],
     sizes = (_boot_sizes(mcs_candidates(n, fixed_mcs), n, m_boot)
              if "hdbscan" in families else {})
     ks = k_candidates(n, max_groups) if "ward" in families and not fixed_mcs else []
-    return _Plan(sizes, ks)
+    kmeans = k_candidates(n, max_groups) if "kmeans" in families and not fixed_mcs else []
+    return _Plan(sizes, ks, kmeans)
 
 
 def _tasks(n: int, count: int, rng: np.random.Generator, subsample: float,
@@ -326,7 +338,7 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
         for name in names:
             boot, emb = _bootstrap_with_reference(spaces[name], screen, plan, n_neighbors,
                                                   seed, workers, progress)
-            cands = _candidates(plan, screen, boot, emb, only="hdbscan")
+            cands = _candidates(plan, screen, boot, emb, spaces[name], only="hdbscan")
             screening[name] = max((c.stability for c in cands), default=0.0)
             trials[name] = (boot, emb)
         space = max(names, key=lambda nm: (screening[nm], -names.index(nm)))
@@ -338,7 +350,7 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
     embedding = reference if embedding is None else embedding
     assert embedding is not None
     boots = done + rest
-    cands = _candidates(plan, tasks, boots, embedding)
+    cands = _candidates(plan, tasks, boots, embedding, Z)
     selecting = not fixed_mcs and len(cands) > 1
     if selecting and null_sets > 0 and bootstrap >= 5:
         _null_stability(Z, cands, plan, null_fn=null_fn, seed=seed, sets=null_sets,
@@ -397,17 +409,29 @@ def _auto_core(spaces: dict[str, np.ndarray], *, seed: int, bootstrap: int,
     return res
 
 
-def _reference_labels(key: Key, embedding: np.ndarray, ward: Any | None) -> np.ndarray:
-    """A candidate's partition of the whole cohort on the reference embedding."""
+def _reference_labels(key: Key, embedding: np.ndarray, ward: Any | None,
+                      Z: np.ndarray) -> np.ndarray:
+    """A candidate's partition of the whole cohort: on the reference embedding (HDBSCAN,
+    Ward) or on the integrated space (k-means)."""
     from scipy.cluster.hierarchy import fcluster
 
     if key[0] == "hdbscan":
         return _hdbscan(embedding, key[1])[0]
+    if key[0] == "kmeans":
+        return _kmeans(Z, key[1], seed=0)
     return (fcluster(ward, key[1], "maxclust") - 1).astype(np.int64)
 
 
+def _kmeans(X: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means labels (best of ``KMEANS_INIT`` k-means++ starts; deterministic per seed)."""
+    from sklearn.cluster import KMeans
+
+    return KMeans(k, n_init=KMEANS_INIT, random_state=seed).fit_predict(X).astype(np.int64)
+
+
 def _candidates(plan: _Plan, tasks: list[Task], boots: list[dict[Key, np.ndarray]],
-                embedding: np.ndarray, only: str | None = None) -> list[select.Candidate]:
+                embedding: np.ndarray, Z: np.ndarray,
+                only: str | None = None) -> list[select.Candidate]:
     """Every candidate with its stability: mean ARI of its whole-cohort partition with its
     re-clusterings of the bootstrap subsamples (0 when the partition has < 2 groups)."""
     from scipy.cluster.hierarchy import linkage
@@ -417,7 +441,7 @@ def _candidates(plan: _Plan, tasks: list[Task], boots: list[dict[Key, np.ndarray
     for key in plan.candidate_keys():
         if only and key[0] != only:
             continue
-        labels = _reference_labels(key, embedding, ward)
+        labels = _reference_labels(key, embedding, ward, Z)
         bk = plan.boot_key(key)
         agree = [stability.adjusted_rand(labels[idx], b[bk]) for (idx, _s), b in
                  zip(tasks, boots, strict=True)]
@@ -444,13 +468,14 @@ def _null_stability(Z: np.ndarray, cands: list[select.Candidate], plan: _Plan, *
         Zn = (null_fn or select.gaussian_null)(Z, rows, rng)
         tasks = _tasks(rows, bootstrap, rng, subsample, max_subsample)
         scaled = {m: max(5, int(round(m * rows / n))) for m in plan.sizes}
-        nplan = _Plan(_boot_sizes(list(scaled.values()), rows, len(tasks[0][0])), plan.ks)
+        nplan = _Plan(_boot_sizes(list(scaled.values()), rows, len(tasks[0][0])), plan.ks,
+                      plan.kmeans)
         if progress:
             progress(f"null cohort {j + 1}/{sets}")
         boots, emb = _bootstrap_with_reference(Zn, tasks, nplan, n_neighbors,
                                                int(rng.integers(0, 2**31 - 1)), workers, None)
         assert emb is not None
-        null = {c.key: c.stability for c in _candidates(nplan, tasks, boots, emb)}
+        null = {c.key: c.stability for c in _candidates(nplan, tasks, boots, emb, Zn)}
         for c in cands:
             key = ("hdbscan", scaled[c.param]) if c.family == "hdbscan" else c.key
             c.null_stability.append(null[key])
@@ -518,10 +543,14 @@ def _boot_one(task: Task) -> dict[Key, np.ndarray]:
     """One bootstrap re-clustering: new UMAP of the subsample, then every candidate."""
     Z, plan, n_neighbors = _SHARED["Z"], _SHARED["plan"], _SHARED["n_neighbors"]
     idx, run_seed = task
+    out: dict[Key, np.ndarray] = {("kmeans", k): _kmeans(Z[idx], k, seed=run_seed)
+                                  for k in plan.kmeans}
+    if not plan.needs_embedding:
+        return out
     emb = umap_embed(Z[idx], n_components=UMAP_DIMS, n_neighbors=n_neighbors, seed=run_seed,
                      n_epochs=200)
-    out: dict[Key, np.ndarray] = {("hdbscan", m): _hdbscan(emb, m, min_samples=max(1, m // 2))[0]
-                                  for m in plan.boot_sizes}
+    out.update({("hdbscan", m): _hdbscan(emb, m, min_samples=max(1, m // 2))[0]
+                for m in plan.boot_sizes})
     if plan.ks:
         from scipy.cluster.hierarchy import fcluster, linkage
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-FAMILY_ORDER = ("ward", "hdbscan")  # tie-break: Ward is deterministic given the embedding
+FAMILY_ORDER = ("ward", "kmeans", "hdbscan")  # tie-break: Ward is deterministic given the embedding
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class SelectionRule:
 class Candidate:
     """One candidate partition of the cohort and its scores."""
 
-    family: str  # "hdbscan" (param = minimum cluster size) or "ward" (param = K)
+    family: str  # "hdbscan" (param = minimum cluster size), "ward" or "kmeans" (param = K)
     param: int
     labels: np.ndarray  # partition of the cohort on the reference embedding (-1 unassigned)
     stability: float
