@@ -147,8 +147,14 @@ def _progress():  # noqa: ANN202 - returns a callable
 
 
 # -- ingest ---------------------------------------------------------------------------
-@app.command(epilog="Example:\n\n  cohortctl ingest -o cohort --clinical clinical.tsv "
-             "--genetic mutations.maf.gz --molecular mrna=mrna.parquet\n\n" + EXIT_HELP)
+@app.command(epilog="Examples:\n\n  cohortctl ingest -o cohort --clinical clinical.tsv "
+             "--genetic mutations.maf.gz --molecular mrna=mrna.parquet\n\n"
+             "  cohortctl ingest -o cohort --clinical clinical.tsv --molecular mrna.parquet "
+             "--identifier-columns site_code --allow-columns tumour_description "
+             "--pseudonymize\n\n"
+             "Direct identifiers (other ID columns, names, MRN, dates of birth, addresses, "
+             "phone/email, free text) are dropped from every store; the classification is "
+             "in manifest.json under \"columns\".\n\n" + EXIT_HELP)
 @_guarded
 def ingest(
     out: Annotated[Path, typer.Option("-o", "--out", help="Store directory to create.")],
@@ -169,10 +175,16 @@ def ingest(
     maf_covers_clinical: Annotated[bool, typer.Option(help="Every clinical patient was sequenced: absent from the MAF = wild-type.")] = False,
     pseudonymize: Annotated[bool, typer.Option(help="Replace IDs by HMAC-SHA-256 pseudonyms (key: COHORTCTL_PSEUDONYM_KEY or --key-file).")] = False,
     key_file: Annotated[Path | None, typer.Option(help="File holding the pseudonymisation key.")] = None,
+    identifier_columns: Annotated[str | None, typer.Option(help="COL,...: also drop these columns as direct identifiers (e.g. --identifier-columns site_code,visit_label).")] = None,
+    allow_columns: Annotated[str | None, typer.Option(help="COL,...: keep these columns although detected as identifiers (you take responsibility; e.g. --allow-columns tumour_description).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
 ) -> None:
-    """Validate genetic, molecular, clinical and outcome tables into a cohort store."""
+    """Validate genetic, molecular, clinical and outcome tables into a cohort store.
+
+    Columns that directly identify a patient are dropped (see --identifier-columns,
+    --allow-columns); with --pseudonymize patient IDs become keyed pseudonyms.
+    """
     from cohortctl.ingest import IngestOptions, read_key
     from cohortctl.ingest import ingest as run_ingest
     from cohortctl.io.readers import TableSpec
@@ -190,11 +202,18 @@ def ingest(
         maf_classes=[c.strip() for c in maf_classes.split(",")] if maf_classes else None,
         maf_covers_clinical=maf_covers_clinical,
         pseudonym_key=read_key(key_file) if pseudonymize else None, force=force,
+        identifier_columns=_split(identifier_columns) or [],
+        allow_columns=_split(allow_columns) or [],
     )
     manifest = run_ingest(opts)
     log.info("ingested %d tables, %d patients into %s", len(manifest["tables"]),
              manifest["patients"]["total"], out)
+    dropped = [{"table": name, "column": col, "reason": v["reason"]}
+               for name, cols in manifest.get("columns", {}).items()
+               for col, v in cols.items() if v["sensitivity"] == "identifier"]
     _emit(out, {"patients": manifest["patients"], "roles": manifest["roles"],
+                "pseudonymized": manifest["pseudonymized"],
+                "identifier_columns_dropped": dropped,
                 "tables": [{k: t[k] for k in ("name", "kind", "rows", "columns")}
                            for t in manifest["tables"]]}, as_json)
 

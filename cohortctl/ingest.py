@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -54,6 +55,10 @@ ROLES = tuple(ROLE_NAMES)
 MIN_TABLE_PATIENTS = 3
 MIN_COHORT_PATIENTS = 6
 
+#: Streamed Parquet tables up to this many cells are sorted by patient in memory; larger
+#: ones keep input order, except in a pseudonymised store (sorted in passes instead).
+STREAM_SORT_MAX_CELLS = 400_000_000
+
 _EVENT_TRUE = {"1", "true", "t", "yes", "dead", "deceased", "1.0"}
 _EVENT_FALSE = {"0", "false", "f", "no", "alive", "living", "0.0"}
 
@@ -77,6 +82,9 @@ class IngestOptions:
     maf_covers_clinical: bool = False
     pseudonym_key: bytes | None = None
     force: bool = False
+    #: Columns forced to ``identifier`` (dropped) / ``analysable`` (kept), any table.
+    identifier_columns: list[str] = field(default_factory=list)
+    allow_columns: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -87,6 +95,17 @@ class _Table:
     frame: pl.DataFrame | None  # None: streamed parquet (written later)
     info: dict[str, Any]
     stream: dict[str, Any] | None = None
+    #: Column -> {"sensitivity", "reason"} (see :func:`classify_columns`).
+    sensitivity: dict[str, dict[str, str]] | None = None
+    #: The input's patient-ID column, when known (stored as ``patient_id``).
+    id_source: str | None = None
+
+    @property
+    def columns(self) -> list[str]:
+        """Stored columns besides ``patient_id``."""
+        if self.frame is not None:
+            return [c for c in self.frame.columns if c != "patient_id"]
+        return list(self.stream["features"])  # type: ignore[index]
 
 
 def ingest(opts: IngestOptions) -> dict[str, Any]:
@@ -110,12 +129,13 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
         tables.append(_read_molecular(spec, opts))
     for spec in opts.outcome:
         tables.append(_read_outcome(spec, opts))
+    _drop_identifiers(tables, clinical_roles, opts)  # before pseudonymising: needs raw IDs
     if opts.pseudonym_key is not None:
         _pseudonymise(tables, opts.pseudonym_key)
     overlap = _overlap(tables)
     _check_cohort_size(tables)
     with atomic_directory(opts.out, force=opts.force, replace_only=is_store) as tmp:
-        entries = [_write_table(t, tmp, opts.pseudonym_key) for t in tables]
+        entries = [_write_table(t, tmp, opts.pseudonym_key is not None) for t in tables]
         manifest = {
             "format": "cohortctl-store",
             "format_version": STORE_FORMAT,
@@ -125,6 +145,7 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
             "roles": clinical_roles,
             "patients": overlap,
             "pseudonymized": opts.pseudonym_key is not None,
+            "columns": {t.name: t.sensitivity for t in tables if t.sensitivity},
             "id_normalisation": "tcga-patient" if opts.tcga_barcodes else (
                 "auto" if opts.tcga_barcodes is None else "none"),
         }
@@ -171,7 +192,7 @@ def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
         "survival_missing": survival_missing,
         "survival_time_nonfinite_as_missing": nonfinite_times,
     }
-    return _Table("clinical", "clinical", path, df, info), role_info
+    return _Table("clinical", "clinical", path, df, info, id_source=id_col), role_info
 
 
 def _text_fmt(fmt: str | None) -> str | None:
@@ -307,7 +328,8 @@ def _read_genetic(spec: TableSpec, opts: IngestOptions, tables: list[_Table]) ->
         matrix = readers.maf_to_matrix(calls, covered)
         info = {"source_format": "maf", "maf": meta["summary"], "coverage_rule": rule,
                 "binary": True}
-        return _Table(spec.name, "genetic", path, matrix, info)
+        return _Table(spec.name, "genetic", path, matrix, info,
+                      id_source="Tumor_Sample_Barcode")
     df = _read_wide_or_long(spec, opts)
     values = df.drop("patient_id")
     binary = all(
@@ -332,7 +354,8 @@ def _read_molecular(spec: TableSpec, opts: IngestOptions) -> _Table:
         if plan is not None:
             info = {"source_format": "parquet", "layout": "wide",
                     "columns_dropped_all_missing": plan["dropped"]}
-            return _Table(spec.name, "molecular", path, None, info, stream=plan)
+            return _Table(spec.name, "molecular", path, None, info, stream=plan,
+                          id_source=plan["id_col"])
     df = _read_wide_or_long(spec, opts)
     df, dropped = _drop_empty_columns(df, path)
     if df.width < 2:
@@ -427,7 +450,264 @@ def _read_outcome(spec: TableSpec, opts: IngestOptions) -> _Table:
     _check_no_second_id(df, path, id_col)
     df = df.drop(id_col).insert_column(0, ids)
     df, dropped = _drop_empty_columns(df, path)
-    return _Table(spec.name, "outcome", path, df, {"columns_dropped_all_missing": dropped})
+    return _Table(spec.name, "outcome", path, df, {"columns_dropped_all_missing": dropped},
+                  id_source=id_col)
+
+
+# -- column sensitivity ----------------------------------------------------------------
+#: Sensitivity classes of a stored table's columns (``manifest["columns"]``).
+IDENTIFIER, QUASI_IDENTIFIER, ANALYSABLE = "identifier", "quasi_identifier", "analysable"
+
+#: Name tokens of direct identifiers (a column name is split at non-letters/digits and at
+#: camelCase boundaries, lower-cased). ``birth`` is refined in :func:`_name_rule`.
+_ID_TOKENS = frozenset({
+    "id", "ids", "identifier", "uuid", "guid", "mrn", "ssn", "nhs", "nino", "passport", "barcode",
+    "email", "mail", "phone", "telephone", "mobile", "fax", "address", "street", "addr",
+    "name", "names", "surname", "forename", "firstname", "lastname", "fullname", "initials",
+    "dob", "birth", "birthdate", "birthday", "dateofbirth",
+    "notes", "note", "comment", "comments", "remark", "remarks", "narrative", "freetext",
+})
+#: Run-together names (``PatientID`` written ``patientid``) and pairs that identify.
+_ID_JOINED = re.compile(
+    r"^(sample|patient|subject|case|participant|specimen|aliquot|donor|record|person|visit|"
+    r"encounter|study|biospecimen|hospital|medical|chart|nhs|insurance|phone|account)"
+    r"_?(id|ids|no|nr|num|number|barcode)$"
+    r"|^(sample|patient|subject|case|participant|specimen|aliquot|donor|person)_?names?$")
+_NUMBER_TOKENS = frozenset({"number", "no", "nr", "num"})
+_NUMBER_OWNERS = frozenset({"hospital", "record", "patient", "case", "nhs", "insurance", "phone",
+                            "social", "security", "chart", "account", "sample", "subject",
+                            "participant", "passport", "medical", "mrn"})
+#: Qualifiers that make ``id``/``name``/``barcode`` name a thing, not a person
+#: (``drug_name``, ``batch_id``).
+_NOT_PERSON = frozenset({
+    "batch", "plate", "drug", "gene", "compound", "regimen", "treatment", "therapy", "agent",
+    "platform", "assay", "panel", "cohort", "project", "cell", "line", "tissue", "disease",
+    "cancer", "tumor", "tumour", "histology", "protocol", "arm", "pathway", "probe", "kit",
+})
+_NOT_PERSON_NAME = _NOT_PERSON | {"study", "trial", "site", "center", "centre", "hospital",
+                                  "institution", "clinic", "type", "subtype", "diagnosis"}
+#: Name tokens of quasi-identifiers (demographics, places, dates).
+_QUASI_TOKENS = frozenset({
+    "age", "sex", "gender", "ethnicity", "ethnic", "race", "ancestry", "nationality",
+    "citizenship", "postcode", "postal", "zip", "zipcode", "county", "city", "town",
+    "residence", "country", "marital", "occupation", "religion", "education", "income",
+    "date", "year", "hospital", "institution", "centre", "center", "clinic",
+})
+_PLACE_TOKENS = frozenset({"country", "place", "city", "region", "nation", "state", "town"})
+#: Feature tables (numeric matrices whose columns are genes, probes, compounds) are only
+#: screened by whole name: tokens would hit gene symbols (``NHS``, ``HLA-DOB``).
+_FEATURE_ID_NAMES = frozenset({
+    "id", "uuid", "guid", "mrn", "ssn", "dob", "barcode", "name", "email", "phone", "address",
+    "notes", "comments", "sample", "patient", "date_of_birth", "birth_date", "birthdate",
+    "first_name", "last_name", "full_name", "surname", "nhs_number", "hospital_number",
+    "medical_record_number", "tumor_sample_barcode", "bcr_patient_barcode", "submitter_id",
+})
+_DATE_TEXT = re.compile(r"^\s*(\d{4}[-/.]\d{1,2}([-/.]\d{1,2})?([ T]\d{1,2}:\d{2}.*)?"
+                        r"|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4})\s*$")
+#: Text columns: unique-value and free-text rules (see :func:`classify_columns`).
+UNIQUE_MIN_VALUES, UNIQUE_MIN_FRACTION = 20, 0.9
+FREE_TEXT_MIN_VALUES, FREE_TEXT_MEDIAN_CHARS, FREE_TEXT_MEDIAN_SPACES = 5, 40, 4
+
+
+def name_tokens(name: str) -> list[str]:
+    """``"PatientName"``/``"patient_name"``/``"Patient.Name"`` -> ``["patient", "name"]``."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name)
+    return [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+
+
+def _name_rule(name: str, *, feature_table: bool = False) -> tuple[str, str] | None:
+    """(sensitivity, reason) suggested by a column's name alone, or None."""
+    tokens = name_tokens(name)
+    joined = "_".join(tokens)
+    if feature_table:
+        if joined in _FEATURE_ID_NAMES or joined.endswith(("_id", "_uuid", "_barcode")) \
+                or _ID_JOINED.match(joined):
+            return IDENTIFIER, f"name: {name}"
+        return None
+    tset = set(tokens)
+    if "birth" in tset or "dob" in tset or "birthdate" in tset or "dateofbirth" in tset:
+        if tset & _PLACE_TOKENS:
+            return QUASI_IDENTIFIER, "name: place of birth"
+        if "year" in tset:
+            return QUASI_IDENTIFIER, "name: year of birth"
+        return IDENTIFIER, "name: date of birth" if tset & {"dob", "date", "dateofbirth"} \
+            else "name: birth"
+    if _ID_JOINED.match(joined) or any(_ID_JOINED.match(t) for t in tokens):
+        return IDENTIFIER, f"name: {name}"
+    if tset & _NUMBER_TOKENS and tset & _NUMBER_OWNERS:
+        return IDENTIFIER, f"name: {name}"
+    if {"free", "text"} <= tset or joined == "text" or ({"medical", "record"} <= tset):
+        return IDENTIFIER, "name: free text" if "text" in tset else f"name: {name}"
+    for tok in tokens:
+        if tok not in _ID_TOKENS:
+            continue
+        if tok in ("id", "ids", "identifier", "barcode") and tset & _NOT_PERSON:
+            continue
+        if tok in ("name", "names") and tset & _NOT_PERSON_NAME:
+            continue
+        return IDENTIFIER, f"name: {tok}"
+    quasi = [t for t in tokens if t in _QUASI_TOKENS]
+    if quasi:
+        return QUASI_IDENTIFIER, f"name: {quasi[0]}"
+    return None
+
+
+def _holds_ids(values: pl.Series, ids: set[str]) -> bool:
+    """True when most distinct values are patient IDs, or IDs extended (``ID-01A``)."""
+    if not ids:
+        return False
+    lengths = sorted({len(i) for i in ids})
+    hits = 0
+    for v in values.unique().to_list():
+        if v in ids or any(k < len(v) and not v[k].isalnum() and v[:k] in ids
+                           for k in lengths):
+            hits += 1
+    return hits > 0.5 * values.len()
+
+
+def _content_rule(col: pl.Series, ids: set[str], *, quasi_name: bool = False
+                  ) -> tuple[str, str] | None:
+    """(sensitivity, reason) from a column's type and values, or None.
+
+    A column already named as a quasi-identifier (``postcode``, ``age``) is only made an
+    identifier when its values are patient IDs: many distinct postcodes stay quasi.
+    """
+    if col.dtype == pl.Date or isinstance(col.dtype, pl.Datetime):
+        return QUASI_IDENTIFIER, "date"
+    if not (col.dtype == pl.String or isinstance(col.dtype, pl.Categorical | pl.Enum)):
+        return None  # numbers (age, weight, expression) are never identifiers by content
+    values = col.cast(pl.String).drop_nulls()
+    n = values.len()
+    if n == 0:
+        return None
+    if values.head(1000).str.contains(_DATE_TEXT.pattern).mean() >= 0.9:  # type: ignore[operator]
+        return QUASI_IDENTIFIER, "date values"
+    if n >= FREE_TEXT_MIN_VALUES and _holds_ids(values, ids):
+        return IDENTIFIER, "holds patient IDs"
+    if quasi_name:
+        return None
+    distinct = values.n_unique() / n
+    if n >= UNIQUE_MIN_VALUES and distinct > UNIQUE_MIN_FRACTION:
+        return IDENTIFIER, f"unique values: {distinct:.0%} distinct"
+    if n >= FREE_TEXT_MIN_VALUES and distinct >= 0.5:
+        chars = float(values.str.len_chars().median())  # type: ignore[arg-type]
+        spaces = float(values.str.count_matches(" ").median())  # type: ignore[arg-type]
+        if chars > FREE_TEXT_MEDIAN_CHARS or spaces >= FREE_TEXT_MEDIAN_SPACES:
+            return IDENTIFIER, f"free text: median {chars:.0f} characters"
+    return None
+
+
+def classify_columns(df: pl.DataFrame, roles: Sequence[str] = (),
+                     forced_identifiers: Sequence[str] = (), allowed: Sequence[str] = (),
+                     *, feature_table: bool = False) -> dict[str, dict[str, str]]:
+    """Class every column but ``patient_id`` as identifier, quasi-identifier or analysable.
+
+    Why: direct identifiers must never reach a store (they are dropped), and the report
+    needs to know the quasi-identifiers. In order: ``allowed`` (the user takes
+    responsibility) -> analysable; ``forced_identifiers`` -> identifier; then the name
+    (:func:`_name_rule`), then type and values (:func:`_content_rule`: dates; text whose
+    values are patient IDs, nearly all distinct, or long free text). ``roles`` (survival,
+    treatment, response, reference columns) are never identifiers: a role that a rule would
+    drop is kept as analysable, the reason saying so. With ``feature_table`` only whole
+    identifier names are looked for (gene symbols would match tokens).
+    Returns ``{column: {"sensitivity": ..., "reason": ...}}``; reason is "" when no rule
+    matched.
+    """
+    ids = set(df["patient_id"].cast(pl.String).to_list()) if "patient_id" in df.columns else set()
+    out: dict[str, dict[str, str]] = {}
+    for name in df.columns:
+        if name == "patient_id":
+            continue
+        if name in allowed:
+            verdict: tuple[str, str] | None = (ANALYSABLE, "--allow-columns")
+        elif name in forced_identifiers:
+            verdict = (IDENTIFIER, "--identifier-columns")
+        elif feature_table:
+            verdict = _name_rule(name, feature_table=True)
+        else:
+            by_name = _name_rule(name)
+            verdict = by_name if by_name and by_name[0] == IDENTIFIER else (
+                _content_rule(df[name], ids, quasi_name=by_name is not None) or by_name)
+        if name in roles and name not in forced_identifiers:
+            if verdict is None or verdict[0] == ANALYSABLE:
+                verdict = (ANALYSABLE, "role")
+            elif verdict[0] == IDENTIFIER:
+                verdict = (ANALYSABLE, f"role, kept although identifier by {verdict[1]}")
+            else:
+                verdict = (verdict[0], f"role; {verdict[1]}")
+        sensitivity, reason = verdict or (ANALYSABLE, "")
+        out[name] = {"sensitivity": sensitivity, "reason": reason}
+    return out
+
+
+def _drop_identifiers(tables: list[_Table], roles: dict[str, Any], opts: IngestOptions) -> None:
+    """Classify every table's columns and drop the identifiers, logging one line per table.
+
+    Clinical and outcome tables get every rule; genetic/molecular tables are numeric
+    matrices (MAF-derived ones too) and are screened by whole name only. Records
+    ``t.sensitivity`` (every column of the clinical table, only the non-analysable ones
+    of other tables: an outcome table may have thousands of drug columns) and
+    ``columns_dropped_identifier`` in the table's manifest entry.
+    """
+    _check_forced_columns(tables, roles, opts)
+    protected = [c for r in ROLES if (c := roles.get(r))] + list(roles.get("reference") or [])
+    for t in tables:
+        feature = t.kind in ("genetic", "molecular")
+        if t.frame is not None:
+            frame = t.frame
+        else:
+            frame = pl.DataFrame(schema=dict.fromkeys(t.columns, pl.Float64))
+        classes = classify_columns(frame, protected if t.kind == "clinical" else (),
+                                   opts.identifier_columns, opts.allow_columns,
+                                   feature_table=feature)
+        dropped = {c: v["reason"] for c, v in classes.items() if v["sensitivity"] == IDENTIFIER}
+        t.sensitivity = {c: v for c, v in classes.items()
+                         if t.kind == "clinical" or v["sensitivity"] != ANALYSABLE}
+        t.info["columns_dropped_identifier"] = list(dropped)
+        if not dropped:
+            continue
+        log.warning("%s: dropped identifier columns: %s", t.source,
+                    ", ".join(f"{c} ({r.split(':')[0]})" for c, r in dropped.items()))
+        if t.frame is not None:
+            t.frame = t.frame.drop(list(dropped))
+            types = t.info.get("column_types")
+            if types is not None:
+                t.info["column_types"] = {c: v for c, v in types.items() if c not in dropped}
+        else:
+            t.stream["features"] = [c for c in t.columns if c not in dropped]  # type: ignore[index]
+        if feature and not t.columns:
+            raise InputDataError(f"{t.source}: no feature columns left after dropping "
+                                 "identifier columns")
+
+
+def _check_forced_columns(tables: list[_Table], roles: dict[str, Any],
+                          opts: IngestOptions) -> None:
+    """Refuse --identifier-columns/--allow-columns naming no column, or a role or the ID."""
+    both = sorted(set(opts.identifier_columns) & set(opts.allow_columns))
+    if both:
+        raise UsageError(f"column {both[0]!r} is given to both --identifier-columns and "
+                         "--allow-columns")
+    known: set[str] = set()
+    id_columns = {"patient_id", *([opts.id_column] if opts.id_column else [])}
+    for t in tables:
+        known.update(t.columns)
+        known.update(t.info.get("columns_dropped_all_missing") or [])
+        id_columns.update([t.id_source] if t.id_source else [])
+    for flag, names in (("--identifier-columns", opts.identifier_columns),
+                        ("--allow-columns", opts.allow_columns)):
+        for name in names:
+            if name in known:
+                continue
+            if name in id_columns:
+                raise UsageError(f"{flag}: {name!r} is the patient ID column, which is always "
+                                 "kept as the key (use --pseudonymize to replace it)")
+            raise InputDataError(f"{flag}: column {name!r} not found in any input table")
+    role_of = {c: r for r in ROLES if (c := roles.get(r))}
+    role_of.update({c: "reference" for c in roles.get("reference") or []})
+    for name in opts.identifier_columns:
+        if name in role_of:
+            raise UsageError(f"--identifier-columns: {name!r} is the {role_of[name]} column; "
+                             "a declared role is never dropped")
 
 
 # -- privacy ---------------------------------------------------------------------------
@@ -522,7 +802,12 @@ def _disjoint(a: str, others: list[str], sets: dict[str, set[str]], sources: dic
 
 
 # -- writing ---------------------------------------------------------------------------
-def _write_table(t: _Table, tmp: Path, key: bytes | None) -> dict[str, Any]:
+def _write_table(t: _Table, tmp: Path, pseudonymised: bool) -> dict[str, Any]:
+    """Write one table sorted by ``patient_id`` and return its manifest entry.
+
+    In a pseudonymised store rows are always in pseudonym order: input order (often
+    sorted by the raw ID) would pair each pseudonym with its raw ID by rank.
+    """
     sub = {"clinical": "", "genetic": "genetic/", "molecular": "molecular/",
            "outcome": "outcome/"}[t.kind]
     rel = f"tables/{sub}{t.name}.parquet"
@@ -533,7 +818,7 @@ def _write_table(t: _Table, tmp: Path, key: bytes | None) -> dict[str, Any]:
         write_parquet(frame, target)
         rows, columns = frame.height, frame.width - 1
     else:
-        rows, columns = _stream_parquet(t, target)
+        rows, columns = _stream_parquet(t, target, pseudonymised)
     entry = {
         "name": t.name,
         "kind": t.kind,
@@ -548,11 +833,15 @@ def _write_table(t: _Table, tmp: Path, key: bytes | None) -> dict[str, Any]:
     return entry
 
 
-def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
+def _stream_parquet(t: _Table, target: Path, pseudonymised: bool = False) -> tuple[int, int]:
     """Copy a wide Parquet table batch by batch, validating values as they pass.
 
-    Read failures are reported as unreadable input (66), write failures as output
-    errors (73). Columns found entirely missing (e.g. all NaN) are dropped afterwards.
+    Rows are stored sorted by patient. A table above :data:`STREAM_SORT_MAX_CELLS` cells
+    whose rows are not already in that order is kept in input order in a plain store
+    (sorting it costs extra passes), but sorted in passes of bounded memory in a
+    pseudonymised one (:func:`_write_in_passes`). Read failures are reported as
+    unreadable input (66), write failures as output errors (73). Columns found entirely
+    missing (e.g. all NaN) are dropped afterwards.
     """
     plan = t.stream
     assert plan is not None
@@ -563,7 +852,8 @@ def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
     sorted_already = bool((order == pl.Series(range(len(ids)))).all())
     batch_rows = max(256, min(65536, 100_000_000 // max(1, len(features))))
     present = dict.fromkeys(features, 0)
-    if not sorted_already and len(ids) * len(features) > 400_000_000:
+    large = len(ids) * len(features) > STREAM_SORT_MAX_CELLS
+    if not sorted_already and large and not pseudonymised:
         log.info("%s: rows not sorted by patient; stored in input order", t.source)
         sorted_already = True
     writer = None
@@ -582,6 +872,9 @@ def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
                                                     compression="zstd", use_dictionary=False)
                 writer.write_table(frame.to_arrow())
                 offset += frame.height
+        elif large:
+            present = _write_in_passes(pf, t.source, target, features, ids, order, batch_rows)
+            offset = len(ids)
         else:
             whole = next(_batches(pf, t.source, None, features))
             frame = _check_batch(whole, t.source, features, 0)
@@ -598,6 +891,52 @@ def _stream_parquet(t: _Table, target: Path) -> tuple[int, int]:
     if empty:
         _drop_stored_columns(t, target, empty)
     return offset, len(features) - len(empty)
+
+
+def _write_in_passes(pf: pq.ParquetFile, source: Path, target: Path, features: list[str],
+                     ids: pl.Series, order: pl.Series, batch_rows: int) -> dict[str, int]:
+    """Write a table too large to sort in memory in ``patient_id`` order.
+
+    Each pass reads the whole input batch by batch and keeps only the rows whose sorted
+    position falls in its window of at most :data:`STREAM_SORT_MAX_CELLS` cells, so
+    memory stays bounded and the output never follows input order. Returns the number
+    of present values per feature.
+    """
+    n = len(ids)
+    rank = np.empty(n, dtype=np.int64)
+    rank[order.to_numpy()] = np.arange(n)
+    sorted_ids = ids.gather(order)
+    window_rows = max(1, STREAM_SORT_MAX_CELLS // max(1, len(features)))
+    passes = -(-n // window_rows)
+    log.info("%s: sorting %d rows by patient in %d passes", source, n, passes)
+    present = dict.fromkeys(features, 0)
+    writer = None
+    try:
+        for lo in range(0, n, window_rows):
+            hi = min(n, lo + window_rows)
+            parts: list[pl.DataFrame] = []
+            positions: list[np.ndarray] = []
+            offset = 0
+            for batch in _batches(pf, source, batch_rows, features):
+                frame = _check_batch(batch, source, features, offset)
+                r = rank[offset:offset + frame.height]
+                keep = (r >= lo) & (r < hi)
+                if keep.any():
+                    parts.append(frame.filter(pl.Series(keep)))
+                    positions.append(r[keep])
+                offset += frame.height
+            window = pl.concat(parts, how="vertical_relaxed")
+            window = window[np.argsort(np.concatenate(positions), kind="stable")]
+            for name, k in zip(features, window.null_count().row(0), strict=True):
+                present[name] += window.height - k
+            table = window.insert_column(0, sorted_ids.slice(lo, hi - lo)).to_arrow()
+            writer = writer or pq.ParquetWriter(target, table.schema, compression="zstd",
+                                                use_dictionary=False)
+            writer.write_table(table, row_group_size=batch_rows)
+    finally:
+        if writer is not None:
+            writer.close()
+    return present
 
 
 def _batches(pf: pq.ParquetFile, source: Path, batch_rows: int | None, features: list[str]

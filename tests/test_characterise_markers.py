@@ -72,13 +72,14 @@ def test_top_markers_and_heatmap(data) -> None:
     f1 = next(t for t in res.top_raw if t["cluster"] == 1 and t["feature"] == "f1")
     assert f1["direction"] == "down" and f1["q"] < 0.05
     # Heatmap: displayed clusters x union of top features; z-scale over displayed patients.
-    # unassigned is withheld as the complement of the small cluster
-    assert res.heatmap["cluster"].to_list() == ["cluster 0", "cluster 1", "cluster 2"]
-    shown = np.isin(cl, [0, 1, 2])
+    # the unassigned group is large enough to be shown; the small cluster is folded away
+    assert res.heatmap["cluster"].to_list() == ["cluster 0", "cluster 1", "cluster 2",
+                                                "unassigned"]
+    shown = np.isin(cl, [0, 1, 2, -1])
     for feat in res.heatmap.columns[1:]:
         v = x[:, int(feat[1:])]
         z = (v - np.nanmean(v[shown])) / np.nanstd(v[shown], ddof=1)
-        for k, val in zip([0, 1, 2], res.heatmap[feat].to_list(), strict=True):
+        for k, val in zip([0, 1, 2, -1], res.heatmap[feat].to_list(), strict=True):
             assert val == pytest.approx(np.nanmean(z[cl == k]))
     d = res.to_dict()
     assert d["heatmap"]["features"] == res.heatmap.columns[1:]

@@ -169,17 +169,16 @@ def test_nested_small_exclusion_withholds_n() -> None:
 
 def test_cluster_layout_and_format() -> None:
     layout = ClusterLayout.from_labels([0] * 10 + [1] * 3 + [2] * 7 + [-1] * 6, 5)
-    # One small cluster: the unassigned group is withheld with it, since the cohort total
-    # is public and 3 = total - the shown sizes otherwise.
-    assert layout.shown == [0, 2]
+    # Group sizes are structural: the small cluster is folded, nothing else is withheld
+    # to protect it (that hid whole clusters of >= min_cell patients).
+    assert layout.shown == [0, 2, -1]
     assert layout.tested == [0, 2]
-    assert layout.suppressed == [-1, 1]
-    # Without unassigned patients the smallest other cluster is the complement.
+    assert layout.suppressed == [1] and layout.folded == 3
     alone = ClusterLayout.from_labels([0] * 10 + [1] * 3 + [2] * 7 + [3] * 8, 5)
-    assert alone.suppressed == [1, 2] and alone.shown == [0, 3]
-    # Two small groups protect each other: nothing more is withheld.
+    assert alone.suppressed == [1] and alone.shown == [0, 2, 3]
     two = ClusterLayout.from_labels([0] * 10 + [1] * 3 + [-1] * 2 + [2] * 7, 5)
-    assert two.suppressed == [-1, 1] and two.shown == [0, 2]
+    assert two.suppressed == [-1, 1] and two.shown == [0, 2] and two.folded == 5
+    assert two.to_dict()["not_clustered_or_withheld"] == 5
     d = layout.to_dict()
     small = [c for c in d["clusters"] if c["cluster"] == 1][0]
     assert small["n"] is None and small["n_suppressed"]

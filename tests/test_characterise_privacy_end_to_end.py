@@ -29,7 +29,9 @@ from cohortctl.characterise.privacy import WITHHELD_MARK
 MIN_CELL = 5
 SIZES = {0: 45, 1: 38, 2: 3, -1: 7}
 #: Integer fields that are not counts of patients.
-NON_COUNT_KEYS = {"cluster", "df", "rank", "reference", "min_cell", "column_clusters", "matrix"}
+NON_COUNT_KEYS = {"cluster", "df", "rank", "reference", "min_cell", "column_clusters", "matrix",
+                  # structural, public by the disclosure policy (the total gives it back)
+                  "not_clustered_or_withheld"}
 #: Display columns holding names (features, genes, levels), not numbers.
 NAME_COLUMNS = {"feature", "gene", "variable", "level", "treatment", "group"}
 

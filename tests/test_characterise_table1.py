@@ -49,9 +49,9 @@ def test_numeric_median_iqr_and_kruskal(cohort) -> None:
         x = age[cl == cell["cluster"]]
         x = x[np.isfinite(x)]
         groups.append(x)
-        q1, med, q3 = np.percentile(x, [25, 50, 75])
-        assert cell["median"] == pytest.approx(med)
-        assert cell["q1"] == pytest.approx(q1) and cell["q3"] == pytest.approx(q3)
+        q1, med, q3 = (float(f"{v:.3g}") for v in np.percentile(x, [25, 50, 75]))
+        # published quantiles are rounded to 3 significant figures, in the raw output too
+        assert cell["median"] == med and cell["q1"] == q1 and cell["q3"] == q3
         assert cell["n"] == x.size
     kw = stats.kruskal(*groups)
     assert var["test"] == "kruskal"
@@ -59,7 +59,7 @@ def test_numeric_median_iqr_and_kruskal(cohort) -> None:
     assert var["p"] == pytest.approx(kw.pvalue)
     row = res.table.filter((pl.col("variable") == "age") & (pl.col("level") == ""))
     assert row["statistic"].item() == "median [IQR]"
-    med0 = np.percentile(groups[0], [25, 50, 75])
+    med0 = [float(f"{v:.3g}") for v in np.percentile(groups[0], [25, 50, 75])]
     assert row["cluster 0"].item() == f"{med0[1]:.1f} [{med0[0]:.1f}, {med0[2]:.1f}]"
     miss = res.table.filter((pl.col("variable") == "age") & (pl.col("level") == "missing"))
     assert miss["cluster 0"].item() == "5 (8.3%)" and miss["cluster 1"].item() == "0 (0.0%)"
@@ -75,6 +75,11 @@ def test_small_missing_count_and_its_complement_withheld(cohort) -> None:
     cell = res.variables[0]["cells"][0]
     # n non-missing (59) would reveal 60 - 59 = 1 missing: withheld too; the median is not.
     assert cell["missing"] is None and cell["n"] is None and cell["median"] is not None
+    # protect_missing=False publishes the missing counts (structural elsewhere in reports).
+    lax = table_one(clinical.with_columns(pl.Series("age", age)), labels, columns=["age"],
+                    protect_missing=False)
+    assert lax.table.filter(pl.col("level") == "missing")["cluster 0"].item().startswith("1 (")
+    assert lax.variables[0]["cells"][0]["n"] == 59
 
 
 def test_categorical_counts_percent_chi2_and_q(cohort) -> None:
@@ -109,6 +114,26 @@ def test_categorical_counts_percent_chi2_and_q(cohort) -> None:
     assert [age["q"], var["q"], sm["q"]] == pytest.approx(qs)
 
 
+def test_a_rare_level_is_pooled_not_pinned_to_its_cluster() -> None:
+    """A lone "Inuit" patient: the level never appears; pooled with the most common level,
+    nothing is withheld (before: "Inuit" * / 0 pinned the patient, and hid "White")."""
+    ids = [f"p{i}" for i in range(60)]
+    eth = ["White"] * 29 + ["Inuit"] + ["White"] * 20 + ["Black"] * 10
+    res = table_one(pl.DataFrame({"patient_id": ids, "ethnicity": eth}),
+                    pl.DataFrame({"patient_id": ids, "cluster": [0] * 30 + [1] * 30}))
+    assert "Inuit" not in res.table.write_csv() and "Inuit" not in str(res.to_dict())
+    rows = res.table.filter(pl.col("variable") == "ethnicity")
+    assert rows["level"].to_list() == ["Black", "White or other"]
+    assert rows["cluster 0"].to_list() == ["0 (0.0%)", "30 (100.0%)"]
+    assert "*" not in rows.write_csv()
+    # Several rare levels that together reach min_cell keep a level of their own.
+    eth2 = ["White"] * 40 + ["A", "B", "C"] * 2 + ["Black"] * 14
+    res2 = table_one(pl.DataFrame({"patient_id": ids, "ethnicity": eth2}),
+                     pl.DataFrame({"patient_id": ids, "cluster": [0] * 30 + [1] * 30}))
+    levels = res2.table.filter(pl.col("variable") == "ethnicity")["level"].to_list()
+    assert levels == ["Black", "White", "other (rare levels)"]
+
+
 def test_identifier_like_and_free_text_columns_skipped(cohort) -> None:
     clinical, labels = cohort
     res = table_one(clinical, labels)
@@ -119,8 +144,8 @@ def test_identifier_like_and_free_text_columns_skipped(cohort) -> None:
 
 def test_fisher_for_sparse_2x2_and_level_only_in_suppressed_cluster() -> None:
     # Two clusters of 12 and 10, a binary column with small expected counts -> Fisher;
-    # a third cluster of 3 has the only "rare" level, which must not appear at all. Five
-    # unassigned patients are withheld too (complementary: else 3 = total - the others).
+    # a third cluster of 3 has the only "rare" level, which must not appear at all. The five
+    # unassigned patients are a group of min_cell: shown, never withheld for cluster 2.
     ids = [f"id{i}" for i in range(30)]
     cl = [0] * 12 + [1] * 10 + [2] * 3 + [-1] * 5
     flag = ["yes"] * 1 + ["no"] * 11 + ["yes"] * 6 + ["no"] * 4 + ["rare"] * 3 + ["no"] * 5
@@ -130,7 +155,8 @@ def test_fisher_for_sparse_2x2_and_level_only_in_suppressed_cluster() -> None:
     var = res.variables[0]
     assert [lev["level"] for lev in var["levels"]] == ["no", "yes"]
     assert "rare" not in res.table.write_csv()
-    assert res.table["cluster 2"].to_list()[1:] == ["suppressed"] * 2
+    assert "cluster 2" not in res.table.columns
+    assert res.table.filter(pl.col("variable") == "N")["unassigned"].item() == "5"
     assert var["test"] == "fisher"
     # The cluster-0 "yes" cell (1) is withheld, so the p-value is only a category.
     assert var["p_coarsened"] and var["p"] is None and var["p_bound"] is not None

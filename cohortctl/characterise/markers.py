@@ -435,7 +435,8 @@ def markers(
     )
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"Groups with fewer than {min_cell} patients are counted only in the line "
+            "'not clustered or withheld' "
             f"({', '.join(layout.suppressed_names)}): no markers are reported for them and their "
             "patients are left out of every comparison."
         )

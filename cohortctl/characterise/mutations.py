@@ -20,7 +20,8 @@
   clusters. A gene's block in a cluster whose count is withheld is ``-1`` (``None`` in JSON) and
   does not take part in the column ordering. Note: being patient-level, the oncoprint shows
   co-mutation patterns (how many patients carry two given mutations), which are not subject
-  to small-cell suppression.
+  to small-cell suppression: it is for library use only. Reports never carry it (neither
+  in the page nor in ``to_dict``); they show the per-cluster frequencies instead.
 
 Null values are read as "not mutated"; values other than 0/1/true/false are an error.
 """
@@ -42,7 +43,6 @@ from cohortctl.characterise.multiple_testing import (
 )
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
-    SUPPRESSED_CLUSTER,
     WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
@@ -97,7 +97,8 @@ class MutationResult:
     min_cell: int = 5
 
     def to_dict(self, full: bool = False) -> dict[str, Any]:
-        """JSON-serialisable raw numbers; top genes only unless ``full``."""
+        """JSON-serialisable raw numbers (never the patient-level oncoprint); top genes only
+        unless ``full``."""
         genes = None if full else set(self.top_genes)
         freq = (
             self.frequencies
@@ -116,7 +117,6 @@ class MutationResult:
                 "top_genes": self.top_genes,
                 "frequencies": freq,
                 "enrichment": enr,
-                "oncoprint": self.oncoprint.to_dict(),
                 "notes": self.notes,
             }
         )
@@ -235,7 +235,8 @@ def mutation_enrichment(
         notes.append("Missing values in the mutation matrix are counted as not mutated.")
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"Groups with fewer than {min_cell} patients are counted only in the line "
+            "'not clustered or withheld' "
             f"({', '.join(layout.suppressed_names)}): no frequencies, tests or oncoprint "
             "columns, and their patients are left out of every comparison."
         )
@@ -370,8 +371,6 @@ def mutation_enrichment(
                 row[cluster_name(k)] = str(n)
             else:
                 row[cluster_name(k)] = f"{n} ({100 * n / sizes[j]:.1f}%)"
-        for k in layout.suppressed:
-            row[cluster_name(k)] = SUPPRESSED_CLUSTER
         if overall:
             tot = int(mcount[i].sum())
             tot_n = int(sizes.sum())
@@ -403,7 +402,6 @@ def mutation_enrichment(
     cols = [
         "gene",
         *[cluster_name(k) for k in shown],
-        *[cluster_name(k) for k in layout.suppressed],
         *(["overall"] if overall else []),
         "most enriched in",
         "OR",

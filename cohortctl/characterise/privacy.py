@@ -27,9 +27,11 @@ Rules (``min_cell`` defaults to 5):
   of the published values. Zeros are treated as known (with non-negativity, a withheld zero
   can pin other cells) and never serve as complements.
 * **Totals** — a non-zero row/column/grand total below ``min_cell`` is withheld too.
-* **Small clusters** — clusters with fewer than ``min_cell`` patients are reported only as
-  "suppressed": their patients are left out of every displayed count, percentage, median,
-  curve and test (see :func:`small_clusters`, :class:`ClusterLayout`).
+* **Small clusters** — clusters (and an unassigned set) with fewer than ``min_cell``
+  patients are folded into one structural line, "not clustered or withheld": their patients
+  are left out of every displayed count, percentage, median, curve and test (see
+  :func:`small_clusters`, :class:`ClusterLayout`). Group sizes are structural, not patient
+  attributes: a group of ``min_cell`` or more is never withheld to protect them.
 
 Callers withhold anything derived from a withheld count (percentages, medians, curve steps).
 Withheld values are ``None`` in raw output, with a ``<name>_suppressed: True`` flag beside them.
@@ -39,7 +41,10 @@ that can pin a small cell (e.g. ``[[5, 5], [3, 8]]`` fully withheld). Only the s
 suppressed cluster (a standalone count that is small by definition) shows ``"<5"``. Withheld
 numbers of excluded patients are described without a bound ("an undisclosed number").
 
-Cluster sizes are treated as public everywhere (they are shown in Table 1). Consequently a
+Cluster sizes and the folded line are structural counts, public everywhere and exact: the
+cohort total is public, so a "<5" beside them would pretend a protection the totals undo.
+What is protected is every count of patients *with an attribute* (a level, an event, a
+mutation, a response, missing data within a cluster). Consequently a
 displayed number of analysed patients (survival, response, mutation data) would reveal the
 number of patients of that cluster lacking the data; by default (``protect_missing=True``)
 that number is protected like any other count.
@@ -67,6 +72,10 @@ SUPPRESSED_CLUSTER = "suppressed"
 NOT_SHOWN = "–"
 #: Cluster label for patients the clustering did not assign.
 UNASSIGNED = -1
+#: The one structural line that holds every patient of no displayed group (unassigned or in
+#: a cluster below ``min_cell``), and its JSON key.
+FOLDED_LINE = "not clustered or withheld"
+FOLDED_KEY = "not_clustered_or_withheld"
 
 __all__ = [
     "CharacteriseInputError",
@@ -75,6 +84,7 @@ __all__ = [
     "SUPPRESSED_CLUSTER",
     "UNASSIGNED",
     "ClusterLayout",
+    "DisclosurePolicy",
     "LinearSuppression",
     "NestedSuppression",
     "Suppression",
@@ -599,6 +609,40 @@ def suppress_nested(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DisclosurePolicy:
+    """The report's one disclosure policy, built once by ``report`` and handed to every
+    section (docs/usage.md, "Disclosure control").
+
+    ``min_cell``: counts of patients *with an attribute* (a level, an event, a mutation, a
+    response) below it are withheld, with complementary suppression. Structural counts
+    (group sizes, the folded "not clustered or withheld" line, numbers of patients lacking
+    follow-up, a response or mutation calls) are shown: they describe the data set, not a
+    patient, and the public totals give them back anyway. (In Table 1, "missing" is a level
+    of its variable like any other and stays protected: it is also the cheapest complement
+    for a small level.) ``protect_missing=True`` protects the numbers lacking
+    data like attribute counts (the former behaviour: it hid the AML survival curves
+    because 12 patients had no valid follow-up).
+    """
+
+    min_cell: int = 5
+    protect_missing: bool = False
+
+    def describe(self, include_ids: bool) -> str:
+        """One sentence for the report's privacy note."""
+        return (f"Counts of patients with an attribute (a level, an event, a mutation, a "
+                f"response) below {self.min_cell} are withheld (shown as a mark), with "
+                "complementary suppression, and so is every statistic derived from them. "
+                f"Groups of fewer than {self.min_cell} patients are counted only in one "
+                f"'{FOLDED_LINE}' line. Group sizes and numbers of patients lacking follow-up, a "
+                "response or mutation calls are "
+                + ("protected too. " if self.protect_missing else "shown. ")
+                + "The embedding is drawn as areas of at least "
+                f"{self.min_cell} patients, never as points. "
+                + ("Patient identifiers are included in --tables output (--include-ids)."
+                   if include_ids else "No patient identifiers are included."))
+
+
 def small_clusters(sizes: Mapping[int, int], min_cell: int = 5) -> set[int]:
     """Clusters (including -1, unassigned) with fewer than ``min_cell`` patients."""
     min_cell = check_min_cell(min_cell)
@@ -633,14 +677,12 @@ class ClusterLayout:
         arr = np.asarray(list(clusters), dtype=np.int64)
         ks, ns = np.unique(arr, return_counts=True)
         sizes = {int(k): int(n) for k, n in zip(ks, ns, strict=True)}
+        # Structural counts (how many patients each group has, how many were not
+        # assigned) are not attributes of a patient: a group of >= min_cell patients is
+        # never withheld to protect one of them (that hid a 23-patient cluster because 4
+        # patients were unassigned). Small groups are folded into one "not clustered or
+        # withheld" line (:attr:`folded`), whose patients are left out of every statistic.
         small = small_clusters(sizes, min_cell)
-        if len(small) == 1 and len(sizes) > 1:
-            # The cohort total is public (cohort section), so one withheld size would be
-            # the total minus the others: withhold a second group too, the unassigned
-            # patients if any, else the smallest cluster.
-            others = sorted((k for k in sizes if k not in small),
-                            key=lambda k: (k != UNASSIGNED, sizes[k], k))
-            small = set(small) | {others[0]}
         assigned = sorted(k for k in sizes if k != UNASSIGNED and k not in small)
         shown = assigned + ([UNASSIGNED] if UNASSIGNED in sizes and UNASSIGNED not in small else [])
         return cls(sizes, shown, assigned, sorted(small), min_cell)
@@ -648,6 +690,13 @@ class ClusterLayout:
     def name(self, k: int) -> str:
         """Display name of cluster ``k``."""
         return cluster_name(k)
+
+    @property
+    def folded(self) -> int:
+        """Patients in no displayed group: unassigned and small-cluster patients, when
+        either is below ``min_cell`` (one structural line, see :data:`FOLDED_LINE`)."""
+        return sum(self.sizes[k] for k in self.suppressed)
+
 
     @property
     def suppressed_names(self) -> list[str]:
@@ -668,7 +717,9 @@ class ClusterLayout:
                     "tested": k in self.tested,
                 }
             )
-        return {"min_cell": self.min_cell, "clusters": out}
+        folded = self.folded
+        return {"min_cell": self.min_cell, "clusters": out,
+                FOLDED_KEY: folded if self.suppressed else None}
 
 
 def join_labels(

@@ -40,7 +40,6 @@ from cohortctl.characterise.multiple_testing import (
 )
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
-    SUPPRESSED_CLUSTER,
     WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
@@ -359,7 +358,8 @@ def response_by_cluster(
     ]
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"Groups with fewer than {min_cell} patients are counted only in the line "
+            "'not clustered or withheld' "
             f"({', '.join(layout.suppressed_names)}) and excluded from counts and tests."
         )
     if -1 in shown:
@@ -462,16 +462,6 @@ def response_by_cluster(
                 "p": p if test else None,
                 "q": None,
                 "_coarsen": bool(any_sup[i, tested_cols].any()),
-            }
-        )
-    for k in layout.suppressed:
-        rows.append(
-            {
-                "cluster": cluster_name(k),
-                "treatment": SUPPRESSED_CLUSTER,
-                "n": f"<{min_cell}",
-                "responders": SUPPRESSED_CLUSTER,
-                "response rate (95% CI)": SUPPRESSED_CLUSTER,
             }
         )
     publish_family(treat_raw)
@@ -683,8 +673,6 @@ def outcome_table_by_cluster(
         ]
         for m in r["medians"]:
             row[m["name"]] = format_number(m["median"])
-        for k in layout.suppressed:
-            row[cluster_name(k)] = SUPPRESSED_CLUSTER
         row["highest median"] = max(tested_meds)[1] if tested_meds else NOT_SHOWN
         row["H"] = format_number(r["statistic"])
         row["p"] = format_p(r["p"])
@@ -693,7 +681,6 @@ def outcome_table_by_cluster(
     cols = [
         "feature",
         *[cluster_name(k) for k in shown],
-        *[cluster_name(k) for k in layout.suppressed],
         "highest median",
         "H",
         "p",

@@ -33,10 +33,14 @@ from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 from lifelines.statistics import multivariate_logrank_test
 from lifelines.utils import median_survival_times
 
-from cohortctl.characterise.multiple_testing import bh_qvalues, format_p
+from cohortctl.characterise.multiple_testing import (
+    display_p,
+    format_p,
+    publish_family,
+    publish_test,
+)
 from cohortctl.characterise.privacy import (
     NOT_SHOWN,
-    SUPPRESSED_CLUSTER,
     UNASSIGNED,
     WITHHELD_MARK,
     CharacteriseInputError,
@@ -390,7 +394,8 @@ def survival_by_cluster(
     notes: list[str] = []
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"Groups with fewer than {min_cell} patients are counted only in the line "
+            "'not clustered or withheld' "
             f"({', '.join(layout.suppressed_names)}) and excluded from curves and tests."
         )
     shown = layout.shown
@@ -467,6 +472,20 @@ def survival_by_cluster(
             cox = _cox(data.filter(pl.Series(tmask)), tested, events)
     else:
         notes.append("Fewer than two clusters large enough to compare survival.")
+    # Statistics derived from withheld counts are withheld by the same rule: a hazard ratio's
+    # standard error gives back a 1-event count, and so does a log-rank statistic.
+    hidden = {k for j, k in enumerate(shown) if n_sup_l[j] or e_sup_l[j]}
+    if hidden & set(tested):
+        publish_test(logrank, True, ("df",))
+        withheld_hr = [h for h in cox.get("hazard_ratios", [])
+                       if h["estimable"] and (h["cluster"] in hidden or cox["reference"] in hidden)]
+        for h in withheld_hr:
+            publish_test(h, True, ("hr", "ci_lower", "ci_upper"))
+            h["withheld"] = True
+        notes.append("The log-rank statistic is withheld and its p given as a category, and "
+                      "hazard ratios involving "
+                      + ", ".join(cluster_name(k) for k in sorted(hidden & set(tested)))
+                      + " are withheld: they would give back a withheld count.")
     if cox.get("note"):
         notes.append(f"Cox model: {cox['note']}")
     if -1 in shown:
@@ -482,6 +501,8 @@ def survival_by_cluster(
         h = hr_by.get(k)
         if k == cox.get("reference"):
             hr_txt, p_txt = "1 (reference)", ""
+        elif h is not None and h.get("withheld"):
+            hr_txt, p_txt = WITHHELD_MARK, display_p(h)
         elif h is not None and h["estimable"]:
             hr_txt = (
                 f"{format_number(h['hr'])} ({format_number(h['ci_lower'])}–"
@@ -498,17 +519,6 @@ def survival_by_cluster(
                 "median (95% CI)": _median_text(c),
                 "HR (95% CI)": hr_txt,
                 "HR p": p_txt,
-            }
-        )
-    for k in layout.suppressed:
-        rows.append(
-            {
-                "cluster": cluster_name(k),
-                "n": f"<{min_cell}",
-                "events": SUPPRESSED_CLUSTER,
-                "median (95% CI)": SUPPRESSED_CLUSTER,
-                "HR (95% CI)": SUPPRESSED_CLUSTER,
-                "HR p": "",
             }
         )
     summary = pl.DataFrame(
@@ -605,7 +615,8 @@ def survival_by_treatment_within_cluster(
     notes: list[str] = []
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
+            f"Groups with fewer than {min_cell} patients are counted only in the line "
+            "'not clustered or withheld' "
             f"({', '.join(layout.suppressed_names)})."
         )
     no_trt = data[treatment_col].is_null().to_numpy()
@@ -640,7 +651,6 @@ def survival_by_treatment_within_cluster(
     curves: list[KMCurve] = []
     clusters_raw: list[dict[str, Any]] = []
     rows: list[dict[str, str]] = []
-    pvals: list[float] = []
     p_index: list[int] = []
     for j, k in enumerate(shown):
         m = cl == k
@@ -702,7 +712,8 @@ def survival_by_treatment_within_cluster(
                     df=int(res.degrees_of_freedom),
                     p=float(res.p_value),
                 )
-                pvals.append(float(res.p_value))
+                # A statistic over an arm whose events are withheld gives them back.
+                lr["_coarsen"] = any(bool(sup.positive[j][g]) for g in usable)
                 p_index.append(len(clusters_raw))
         clusters_raw.append(
             {
@@ -713,26 +724,12 @@ def survival_by_treatment_within_cluster(
                 "first_row": first_row,
             }
         )
-    q = bh_qvalues(pvals)
-    for qi, idx in zip(q, p_index, strict=True):
-        clusters_raw[idx]["logrank"]["q"] = float(qi)
+    publish_family([clusters_raw[idx]["logrank"] for idx in p_index])
     for c in clusters_raw:
         fr = c.pop("first_row")
         if fr < len(rows) and c["groups"]:
-            rows[fr]["log-rank p"] = format_p(c["logrank"]["p"])
-            rows[fr]["q"] = format_p(c["logrank"]["q"])
-    for k in layout.suppressed:
-        rows.append(
-            {
-                "cluster": cluster_name(k),
-                "treatment": SUPPRESSED_CLUSTER,
-                "n": f"<{min_cell}",
-                "events": SUPPRESSED_CLUSTER,
-                "median (95% CI)": SUPPRESSED_CLUSTER,
-                "log-rank p": "",
-                "q": "",
-            }
-        )
+            rows[fr]["log-rank p"] = display_p(c["logrank"])
+            rows[fr]["q"] = display_p(c["logrank"], "q")
     summary = pl.DataFrame(
         rows,
         schema={

@@ -20,6 +20,7 @@ columns are skipped with a note naming the column, never its values.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ from cohortctl.characterise.privacy import (
     SUPPRESSED_CLUSTER,
     CharacteriseInputError,
     ClusterLayout,
+    Suppression,
     check_min_cell,
     cluster_name,
     format_count,
@@ -140,6 +142,65 @@ def _levels(s: pl.Series) -> list[Any]:
     return sorted(vals, key=lambda v: (str(type(v)), v))
 
 
+RARE_LEVELS = "other (rare levels)"
+QUANTILE_DIGITS = 3  # significant figures of published medians and quartiles
+
+
+def _round_sig(x: float) -> float:
+    """A published quantile, rounded to :data:`QUANTILE_DIGITS` significant figures (in
+    the JSON too): an unrounded quartile of a few patients is one patient's exact value."""
+    x = float(x)
+    return x if x == 0 or not math.isfinite(x) else float(f"{x:.{QUANTILE_DIGITS}g}")
+
+
+def _pool_rare_levels(levels: list[Any], values: list[Any], on_shown: np.ndarray,
+                      min_cell: int) -> tuple[list[Any], list[Any], str]:
+    """Levels held by fewer than ``min_cell`` displayed patients, pooled (global recoding).
+
+    Showing a rare level with a withheld cell in one cluster and zeros elsewhere pins its
+    patients (a lone "Inuit" patient) to that cluster, and complementary suppression then
+    hides the common levels too. Rare levels become one :data:`RARE_LEVELS` level; when that
+    pool is itself below ``min_cell``, it joins the most common level ("White or other"),
+    where it changes the fewest proportions and is least likely to make a small cell.
+    Returns the new levels, the recoded values and the pooled level's label ("" if none).
+    """
+    counts: dict[Any, int] = {}
+    for v, shown in zip(values, on_shown, strict=True):
+        if shown and v is not None:
+            counts[v] = counts.get(v, 0) + 1
+    rare = [lev for lev in levels if counts.get(lev, 0) < min_cell]
+    if not rare or min_cell <= 1:
+        return levels, values, ""
+    kept = [lev for lev in levels if lev not in rare]
+    label = RARE_LEVELS
+    if sum(counts.get(lev, 0) for lev in rare) < min_cell and kept:
+        host = max(kept, key=lambda lev: (counts[lev], str(lev)))
+        label = f"{host} or other"
+        kept = [label if lev == host else lev for lev in kept]
+        pooled = set(rare) | {host}
+    else:
+        kept.append(label)
+        pooled = set(rare)
+    return kept, [label if v in pooled else v for v in values], label
+
+
+def _suppress(counts: np.ndarray, missing_row: bool, min_cell: int, row_totals: str,
+              protect_missing: bool) -> Suppression:
+    """Suppression of a variable's levels x clusters table (cluster sizes public).
+
+    With ``protect_missing=False`` (the report's policy) the last row, the patients lacking
+    the value, is structural and published: only the levels are protected, against the
+    cluster sizes minus the missing counts (public too)."""
+    if protect_missing or not missing_row:
+        return suppress_with_margins(counts, min_cell, row_totals=row_totals,
+                                     col_totals="public")
+    inner = suppress_with_margins(counts[:-1], min_cell, row_totals=row_totals,
+                                  col_totals="public")
+    return Suppression(np.vstack([inner.cells, np.zeros((1, counts.shape[1]), bool)]),
+                       np.append(inner.row_totals, False), inner.col_totals,
+                       inner.grand_total)
+
+
 def _percent(n: int, denom: int) -> float | None:
     return 100.0 * n / denom if denom > 0 else None
 
@@ -177,8 +238,12 @@ def table_one(
     id_col: str = "patient_id",
     max_levels: int = 20,
     overall: bool = False,
+    protect_missing: bool = True,
 ) -> TableOne:
     """Summarise clinical columns per cluster (see module docstring).
+
+    ``protect_missing`` (default) protects the numbers of patients lacking a value like any
+    count; ``False`` publishes them (structural counts, the report's policy).
 
     ``overall=True`` adds an "overall" column (sum of the displayed clusters). Because every
     row then has a displayed total, it costs extra complementary suppression.
@@ -198,8 +263,9 @@ def table_one(
 
     shown = layout.shown
     tested = layout.tested
-    all_assigned = sorted([k for k in layout.sizes if k >= 0])
-    col_order = all_assigned + ([-1] if -1 in layout.sizes else [])
+    # Folded groups (below min_cell) get no column: their size is in the report's one
+    # "not clustered or withheld" line, and nothing else about them is shown.
+    col_order = list(shown)
     col_names = [cluster_name(k) for k in col_order]
     sizes_shown = np.array([layout.sizes[k] for k in shown], dtype=np.int64)
     cl = joined["cluster"].to_numpy()
@@ -208,9 +274,9 @@ def table_one(
     notes: list[str] = []
     if layout.suppressed:
         notes.append(
-            f"Clusters with fewer than {min_cell} patients are suppressed "
-            f"({', '.join(layout.suppressed_names)}); their patients are excluded from every "
-            "count, summary and test" + (", and from the overall column." if overall else ".")
+            f"Groups with fewer than {min_cell} patients ({', '.join(layout.suppressed_names)}) "
+            "have no column; their patients are excluded from every count, summary and test"
+            + (", and from the overall column." if overall else ".")
         )
     if -1 in shown:
         notes.append("Unassigned patients are shown but excluded from tests of difference.")
@@ -232,11 +298,7 @@ def table_one(
         "N",
         "",
         "n",
-        {k: str(layout.sizes[k]) for k in shown}
-        | {
-            k: format_count(layout.sizes[k], True, min_cell, standalone=True)
-            for k in layout.suppressed
-        },
+        {k: str(layout.sizes[k]) for k in shown},
         str(int(sizes_shown.sum())),
     )
 
@@ -259,9 +321,7 @@ def table_one(
             nonmiss = np.array([np.isfinite(vals[shown_idx[k]]).sum() for k in shown])
             miss = sizes_shown - nonmiss
             counts = np.vstack([nonmiss, miss])
-            sup = suppress_with_margins(
-                counts, min_cell, row_totals=row_totals, col_totals="public"
-            )
+            sup = _suppress(counts, True, min_cell, row_totals, protect_missing)
             cells_raw = []
             med_cells: dict[int, str] = {}
             miss_cells: dict[int, str] = {}
@@ -273,7 +333,7 @@ def table_one(
                 if withheld or v.size == 0:
                     med = q1 = q3 = None
                 else:
-                    q1, med, q3 = (float(x) for x in np.percentile(v, [25, 50, 75]))
+                    q1, med, q3 = (_round_sig(x) for x in np.percentile(v, [25, 50, 75]))
                 m_sup = bool(sup.cells[1, j])
                 cells_raw.append(
                     {
@@ -301,7 +361,7 @@ def table_one(
             if allv.size < min_cell:
                 o_stats: tuple[float | None, ...] = (None, None, None)
             else:
-                o_stats = tuple(float(x) for x in np.percentile(allv, [25, 50, 75]))
+                o_stats = tuple(_round_sig(x) for x in np.percentile(allv, [25, 50, 75]))
             test, stat, p = _num_test(
                 [vals[shown_idx[k]][np.isfinite(vals[shown_idx[k]])] for k in tested]
             )
@@ -350,6 +410,11 @@ def table_one(
                 skipped.append({"column": name, "reason": "no non-missing values"})
                 continue
             lv = text.to_list()
+            levels, lv, pooled = _pool_rare_levels(levels, lv, on_shown, min_cell)
+            if pooled:
+                notes.append(f"{name}: levels with fewer than {min_cell} patients are pooled "
+                             f"as '{pooled}' (a rare level beside its cluster would single "
+                             "its patients out).")
             level_idx = {lev: i for i, lev in enumerate(levels)}
             codes = np.array([level_idx.get(v, -1) if v is not None else -1 for v in lv])
             counts = np.zeros((len(levels) + 1, len(shown)), dtype=np.int64)
@@ -361,9 +426,7 @@ def table_one(
             has_missing = counts[-1].sum() > 0
             if not has_missing:
                 counts = counts[:-1]
-            sup = suppress_with_margins(
-                counts, min_cell, row_totals=row_totals, col_totals="public"
-            )
+            sup = _suppress(counts, has_missing, min_cell, row_totals, protect_missing)
             level_names = [str(x) for x in levels] + (["missing"] if has_missing else [])
             lev_raw = []
             first = None

@@ -20,16 +20,26 @@ import numpy as np
 import polars as pl
 
 from cohortctl import characterise as ch
-from cohortctl.characterise.privacy import ClusterLayout, to_jsonable
+from cohortctl.characterise.multiple_testing import format_p_bound
+from cohortctl.characterise.privacy import (
+    FOLDED_KEY,
+    FOLDED_LINE,
+    ClusterLayout,
+    DisclosurePolicy,
+    cluster_name,
+    to_jsonable,
+)
 from cohortctl.characterise.table1 import looks_like_id_name
 from cohortctl.errors import InputDataError, OutputError, UsageError
+from cohortctl.report import embedding as emb
 from cohortctl.store import Store, verify_run, version_info
 
 log = logging.getLogger("cohortctl")
 
 FORMATS = ("html", "json", "md")
-MAX_POINTS = 5000  # embedding points drawn in the HTML; the full table goes to --tables
-MAX_HOVER_COLUMNS = 12
+MAX_VIEW_COLUMNS = 12  # clinical columns offered as embedding views
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
 MAX_LEVELS = 20
 TOP_MARKERS = 10
 TOP_GENES = 20
@@ -46,6 +56,8 @@ class Report:
     raw_tables: dict[str, pl.DataFrame] = field(default_factory=dict)
     figures: dict[str, dict[str, Any]] = field(default_factory=dict)
     sections: list[dict[str, Any]] = field(default_factory=list)
+    #: The one disclosure policy every section applies.
+    policy: DisclosurePolicy = field(default_factory=DisclosurePolicy)
 
     def section(self, key: str, title: str, *, note: str = "") -> dict[str, Any]:
         sec: dict[str, Any] = {"key": key, "title": title, "note": note, "items": []}
@@ -83,19 +95,16 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
         raise InputDataError(f"{run_dir / 'assignments.parquet'}: unreadable ({exc})") from None
     labels = assignments.select("patient_id", pl.col("cluster").cast(pl.Int64))
     layout = ClusterLayout.from_labels(labels["cluster"].to_list(), min_cell)
+    policy = DisclosurePolicy(min_cell)
     roles = store.roles
     clinical = store.clinical()
-    rep = Report()
+    rep = Report(policy=policy)
     rep.data = {
         "report_format_version": 1,
         "run": run_dir.name,
         "min_cell": min_cell,
         "include_ids": include_ids,
-        "privacy": (f"Counts below {min_cell} are withheld (shown as <{min_cell} or as a mark), "
-                    "with complementary suppression; clusters smaller than "
-                    f"{min_cell} patients are reported only as 'suppressed'. "
-                    + ("Patient identifiers are included (--include-ids)." if include_ids
-                       else "No patient identifiers are included.")),
+        "privacy": policy.describe(include_ids),
     }
 
     def step(name: str) -> None:
@@ -122,10 +131,11 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
     step("mutations")
     _mutations_section(rep, store, labels, min_cell)
     _methods_section(rep, store, run_dir, params)
-    shown = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
-    rep.raw_tables["embedding"] = shown.select(
-        *(["patient_id"] if include_ids else []), "cluster", "embedding_1", "embedding_2")
     if include_ids:
+        # Patient-level coordinates only with identifiers asked for (--tables output).
+        shown = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
+        rep.raw_tables["embedding"] = shown.select("patient_id", "cluster", "embedding_1",
+                                                   "embedding_2")
         rep.raw_tables["assignments"] = assignments
     return rep
 
@@ -142,11 +152,10 @@ def _p_text(p: float) -> str:
     return f"p {text[0]} {text[1:]}" if text[:1] in "<>" else f"p = {text}"
 
 
-def _count(n: int | None, min_cell: int) -> Any:
-    """A standalone count under the small-cell rule (JSON value)."""
-    if n is None:
-        return None
-    return n if n == 0 or n >= min_cell else f"<{min_cell}"
+def _structural(n: int | None) -> int | None:
+    """A structural count (patients per table, overlap, missing data): shown exactly
+    under the disclosure policy (see :class:`DisclosurePolicy`)."""
+    return None if n is None else int(n)
 
 
 def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
@@ -162,7 +171,7 @@ def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
         used = blocks.get(t["name"], {})
         rows.append({
             "table": t["name"], "kind": t["kind"],
-            "patients": _count(patients.get("per_table", {}).get(key, t.get("rows")), min_cell),
+            "patients": _structural(patients.get("per_table", {}).get(key, t.get("rows"))),
             "columns": t.get("columns"),
             "dropped (all missing)": len(t.get("columns_dropped_all_missing", []) or []),
             "features used": used.get("features_used"),
@@ -176,27 +185,27 @@ def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
     names = list(patients.get("pairwise_shared", {}))
     if names:
         overlap = pl.DataFrame({"table": names, **{
-            b: [str(_count(patients["pairwise_shared"][a].get(b, 0), min_cell)) for a in names]
+            b: [str(_structural(patients["pairwise_shared"][a].get(b, 0))) for a in names]
             for b in names}})
         _add_table(rep, sec, "cohort_overlap", "Patients shared between tables", overlap)
     mod = metrics.get("modalities", {})
     clustered = mod.get("patients")
     _add_text(sec, f"{clustered} patients clustered; "
-                   f"{_count(mod.get('patients_missing_any_block', 0), min_cell)} of them lacked "
+                   f"{_structural(mod.get('patients_missing_any_block', 0))} of them lacked "
                    "at least one modality and were placed from the modalities they have; "
-                   f"{_count(metrics.get('patients_without_any_modality', 0), min_cell)} patients "
+                   f"{_structural(metrics.get('patients_without_any_modality', 0))} patients "
                    "of the clinical table had no clustering data.")
     rep.data["cohort"] = to_jsonable({
         "tables": rows,
-        "patients_total": _count(patients.get("total"), min_cell),
-        "pairwise_shared": {a: {b: _count(v, min_cell) for b, v in row.items()}
+        "patients_total": _structural(patients.get("total")),
+        "pairwise_shared": {a: {b: _structural(v) for b, v in row.items()}
                             for a, row in patients.get("pairwise_shared", {}).items()},
         "clustered": clustered,
-        "missing_modality": {k: _count(v, min_cell)
+        "missing_modality": {k: _structural(v)
                              for k, v in (mod.get("missing_per_block") or {}).items()},
-        "patients_missing_any_block": _count(mod.get("patients_missing_any_block", 0), min_cell),
-        "patients_without_any_modality": _count(metrics.get("patients_without_any_modality", 0),
-                                                min_cell),
+        "patients_missing_any_block": _structural(mod.get("patients_missing_any_block", 0)),
+        "patients_without_any_modality": _structural(
+            metrics.get("patients_without_any_modality", 0)),
     })
 
 
@@ -210,29 +219,38 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     stab = {str(k): v for k, v in (metrics.get("stability") or {}).items()}
     conf = {str(k): v for k, v in (metrics.get("mean_confidence") or {}).items()}
     rows, raw = [], []
-    for k in sorted(set(layout.shown) | set(layout.suppressed), key=lambda c: (c < 0, c)):
-        suppressed = k in layout.suppressed
-        n = layout.sizes[k]
-        entry = {"cluster": k, "name": layout.name(k), "suppressed": suppressed,
-                 "n": None if suppressed else n,
-                 "stability": None if suppressed else stab.get(str(k)),
-                 "mean_confidence": None if suppressed else conf.get(str(k))}
+    for k in layout.shown:
+        entry = {"cluster": k, "name": layout.name(k), "suppressed": False,
+                 "n": layout.sizes[k], "stability": stab.get(str(k)),
+                 "mean_confidence": conf.get(str(k))}
         raw.append(entry)
         rows.append({
             "cluster": layout.name(k),
-            "patients": "suppressed" if suppressed else str(n),
+            "patients": str(layout.sizes[k]),
             "stability": "" if entry["stability"] is None else f"{entry['stability']:.2f}",
             "mean confidence": ("" if entry["mean_confidence"] is None
                                 else f"{entry['mean_confidence']:.2f}"),
         })
+    for k in layout.suppressed:
+        raw.append({"cluster": k, "name": layout.name(k), "suppressed": True, "n": None,
+                    "stability": None, "mean_confidence": None})
+    if layout.suppressed:
+        rows.append({"cluster": f"{FOLDED_LINE} ({', '.join(layout.suppressed_names)})",
+                     "patients": str(layout.folded), "stability": "", "mean confidence": ""})
     _add_table(rep, sec, "groups", "Clusters", pl.DataFrame(rows))
     n_assigned = sum(layout.sizes[k] for k in layout.sizes if k >= 0)
     n_clusters = sum(1 for k in layout.sizes if k >= 0)
     unassigned = layout.sizes.get(-1, 0)
     groups = f"{n_clusters} {'group' if n_clusters == 1 else 'groups'}"
-    _add_text(sec, f"{groups}; {_count(unassigned, min_cell)} patients unassigned (no majority "
-                   "for one group; their nearest group is kept in the assignments)."
-              if unassigned else f"{groups}; every patient assigned.")
+    text = (f"{groups}; {unassigned} {'patient' if unassigned == 1 else 'patients'} "
+            "unassigned (no majority for one group; their nearest group is kept in the "
+            "assignments)." if unassigned
+            else f"{groups}; every patient assigned.")
+    if layout.suppressed:
+        text += (f" Groups of fewer than {min_cell} patients "
+                 f"({', '.join(layout.suppressed_names)}) are counted only in the line "
+                 f"'{FOLDED_LINE}' and left out of every statistic below.")
+    _add_text(sec, text)
     scores = metrics.get("selection_scores") or []
     selected = metrics.get("selected") or params.get("resolved") or {}
     caveats = selection_caveats(selected, raw)
@@ -247,13 +265,13 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     if reference:
         _add_text(sec, "Agreement with reference labelling (never used for fitting): " + "; ".join(
             f"{r['column']}: ARI {r['ari']:.3f}" for r in reference))
-    fig, hover_cols = _embedding_figure(assignments, layout, clinical, roles, min_cell,
-                                        include_ids)
+    fig, hover_cols = _embedding_figure(assignments, layout, clinical, roles, min_cell)
     if fig:
         _add_figure(rep, sec, "embedding", "Embedding (2-D view of the clustered space)", fig)
     rep.data["groups"] = to_jsonable({
         "n_clusters": n_clusters, "n_assigned": n_assigned,
-        "unassigned": _count(unassigned, min_cell), "clusters": raw,
+        "unassigned": unassigned, FOLDED_KEY: layout.folded if layout.suppressed else None,
+        "clusters": raw,
         "selection_scores": scores, "selected": selected, "caveats": caveats,
         "consensus": {k: v for k, v in (cons or {}).items() if k != "histogram"} or None,
         "silhouette": metrics.get("silhouette"),
@@ -357,60 +375,59 @@ def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) ->
 
 
 def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,
-                      clinical: pl.DataFrame | None, roles: dict[str, Any], min_cell: int,
-                      include_ids: bool) -> tuple[dict[str, Any] | None, list[str]]:
-    """Scatter payload; the page's script colours it by cluster or any clinical column.
+                      clinical: pl.DataFrame | None, roles: dict[str, Any], min_cell: int
+                      ) -> tuple[dict[str, Any] | None, list[str]]:
+    """Binned views of the embedding (:mod:`cohortctl.report.embedding`): by cluster and by
+    each clinical column Table 1 may show. No view carries a patient-level value.
 
-    Suppressed clusters are not drawn; categorical levels with fewer than ``min_cell``
-    drawn patients are pooled as "other"; at most ``MAX_POINTS`` points (stratified by
-    cluster, fixed seed) are drawn.
+    Folded (small) groups are not drawn; categorical levels with fewer than ``min_cell``
+    patients are pooled as "other" (with missing, if still small).
     """
     df = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
     if df.height == 0:
         return None, []
-    if df.height > MAX_POINTS:
-        rng = np.random.default_rng(0)
-        keep = np.sort(rng.choice(df.height, size=MAX_POINTS, replace=False))
-        df = df[keep]
-    cols: dict[str, dict[str, Any]] = {}
+    x, y = df["embedding_1"].to_numpy(), df["embedding_2"].to_numpy()
+    names = np.array([layout.name(int(k)) for k in df["cluster"].to_list()])
+    views = {"cluster": emb.figure(*emb.binned_areas(x, y, names, min_cell),
+                                   title="cluster", palette=PALETTE)}
     if clinical is not None:
         excluded = {roles.get(r) for r in ROLE_KEYS} | {"patient_id"}
         candidates = [c for c in clinical.columns
                       if c not in excluded and not looks_like_id_name(c)]
-        joined = df.select("patient_id").join(clinical, on="patient_id", how="left")
-        for c in candidates[:MAX_HOVER_COLUMNS]:
+        joined = df.select("patient_id").join(clinical, on="patient_id", how="left",
+                                              maintain_order="left")
+        for c in candidates[:MAX_VIEW_COLUMNS]:
             s = joined[c]
             if s.dtype.is_numeric() and s.n_unique() > MAX_LEVELS:
-                vals = [None if v is None or not np.isfinite(v) else float(f"{v:.3g}")
-                        for v in s.cast(pl.Float64).to_list()]
-                cols[c] = {"type": "numeric", "values": vals}
-            else:
-                text = s.cast(pl.String).to_list()
-                counts: dict[str, int] = {}
-                for v in text:
-                    counts[str(v)] = counts.get(str(v), 0) + 1
-                if len(counts) > MAX_LEVELS:
-                    continue
-                small = {v for v, n in counts.items() if n < min_cell}
-                vals = ["other" if str(v) in small else ("missing" if v is None else v)
-                        for v in text]
-                n_other = sum(1 for v in vals if v == "other")
-                if 0 < n_other < min_cell:
-                    vals = ["other/missing" if v in ("other", "missing") else v for v in vals]
-                    if sum(1 for v in vals if v == "other/missing") < min_cell:
-                        continue
-                cols[c] = {"type": "categorical", "values": vals}
-    payload = {
-        "x": [round(float(v), 4) for v in df["embedding_1"].to_list()],
-        "y": [round(float(v), 4) for v in df["embedding_2"].to_list()],
-        "cluster": [layout.name(int(k)) for k in df["cluster"].to_list()],
-        "confidence": [round(float(v), 2) for v in df["confidence"].to_list()],
-        "columns": cols,
-        "drawn": df.height, "total": assignments.height,
-    }
-    if include_ids:
-        payload["ids"] = df["patient_id"].to_list()
-    return {"embedding": payload}, list(cols)
+                values = s.cast(pl.Float64).fill_null(np.nan).to_numpy()
+                views[c] = emb.figure(*emb.binned_areas(x, y, np.array(["all"] * df.height),
+                                                        min_cell, values),
+                                      title=c, palette=PALETTE, numeric=True)
+                continue
+            levels = _pooled_levels(s.cast(pl.String).to_list(), min_cell)
+            if levels is not None:
+                views[c] = emb.figure(*emb.binned_areas(x, y, np.array(levels), min_cell),
+                                      title=c, palette=PALETTE)
+    return {"embedding": {"views": views, "drawn": df.height}}, [v for v in views if
+                                                                 v != "cluster"]
+
+
+def _pooled_levels(text: list[str | None], min_cell: int) -> list[str] | None:
+    """Levels with fewer than ``min_cell`` patients pooled as "other" (and with missing
+    when "other" is still small); None when too many levels or a pool stays small."""
+    counts: dict[str, int] = {}
+    for v in text:
+        counts[str(v)] = counts.get(str(v), 0) + 1
+    if len(counts) > MAX_LEVELS:
+        return None
+    small = {v for v, n in counts.items() if n < min_cell}
+    vals = ["other" if str(v) in small else ("missing" if v is None else v) for v in text]
+    n_other = vals.count("other")
+    if 0 < n_other < min_cell:
+        vals = ["other/missing" if v in ("other", "missing") else v for v in vals]
+        if 0 < vals.count("other/missing") < min_cell:
+            return None
+    return vals
 
 
 def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
@@ -424,6 +441,8 @@ def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     if not columns:
         _add_text(sec, "No clinical characteristics besides outcomes.")
         return
+    # In Table 1 "missing" is a level of the variable like any other ("stage unknown"), and
+    # the cheapest complement for a small cell: it stays protected.
     t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell)
     _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200)
     for n in t1.notes:
@@ -447,19 +466,29 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
                            f"{min_cell} patients remain at risk), log-rank test across clusters, "
                            "Cox hazard ratios against the largest cluster (lifelines).")
     df = _outcome_frame(clinical, labels, roles)
-    res = ch.survival_by_cluster(df, min_cell)
+    res = ch.survival_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing)
     lr = res.logrank
     if lr.get("p") is not None:
         _add_text(sec, f"Log-rank test across {len(lr.get('clusters', []))} clusters: "
                        f"chi² = {lr['statistic']:.2f}, df = {lr['df']}, "
                        f"{_p_text(lr['p'])}.")
-    _add_figure(rep, sec, "km", "Kaplan–Meier by cluster", _km_figure(res.curves, "group"))
+    elif lr.get("p_coarsened"):
+        _add_text(sec, f"Log-rank test across {len(lr.get('clusters', []))} clusters: "
+                       f"p {format_p_bound(lr.get('p_bound'))} "
+                       "(statistic withheld: it would give back a small count).")
+    time_label = f"time ({roles['time']})"
+    _add_figure(rep, sec, "km", "Kaplan–Meier by cluster",
+                _km_figure(res.curves, "group", time_label=time_label))
+    at_risk = _at_risk_table(df, res.clusters, min_cell)
+    if at_risk is not None:
+        _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", at_risk)
     _add_table(rep, sec, "survival", "Median survival and hazard ratios", res.summary)
     for n in res.notes:
         _add_text(sec, n)
     rep.data["survival"] = res.to_dict()
     if roles.get("treatment"):
-        bt = ch.survival_by_treatment_within_cluster(df, min_cell)
+        bt = ch.survival_by_treatment_within_cluster(df, min_cell,
+                                                     protect_missing=rep.policy.protect_missing)
         if bt.curves.height:
             _add_figure(rep, sec, "km_treatment", "Kaplan–Meier by treatment within cluster",
                         _km_facets(bt.curves))
@@ -468,12 +497,41 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
         rep.data["survival_by_treatment"] = bt.to_dict()
 
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#7f7f7f", "#bcbd22", "#17becf"]
+
+AT_RISK_TIMES = 6  # columns of the numbers-at-risk table
+
+
+def _at_risk_table(df: pl.DataFrame, clusters: list[dict[str, Any]],
+                   min_cell: int) -> pl.DataFrame | None:
+    """Numbers at risk per displayed cluster at evenly spaced times (analysed patients:
+    valid time and event). A number below ``min_cell`` is never shown: the row ends there
+    ("–"), as its curve does; a cluster whose analysed size is withheld shows none."""
+    ok = df.filter(pl.col("time").cast(pl.Float64, strict=False).is_finite()
+                   & (pl.col("time").cast(pl.Float64, strict=False) >= 0)
+                   & pl.col("event").is_not_null())
+    t_all = ok["time"].cast(pl.Float64).to_numpy()
+    cl = ok["cluster"].to_numpy()
+    shown = [c for c in clusters if not c.get("n_suppressed")]
+    reach = [np.sort(t_all[cl == c["cluster"]])[-min_cell] for c in shown
+             if (cl == c["cluster"]).sum() >= min_cell]
+    if not reach or max(reach) <= 0:
+        return None
+    step = float(f"{max(reach) / (AT_RISK_TIMES - 1):.1g}")
+    times = [i * step for i in range(AT_RISK_TIMES) if i * step <= max(reach)]
+    rows = []
+    for c in clusters:
+        t = t_all[cl == c["cluster"]]
+        row = {"group": c["name"]}
+        for x in times:
+            n = int((t >= x).sum())
+            row[f"{x:g}"] = ("–" if c.get("n_suppressed") or n < min_cell else str(n))
+        rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
-               yaxis: str = "y", legend: bool = True) -> dict[str, Any]:
+               yaxis: str = "y", legend: bool = True,
+               time_label: str = "time") -> dict[str, Any]:
     traces = []
     for i, (g, part) in enumerate(curves.group_by(group_col, maintain_order=True)):
         name = str(g[0] if isinstance(g, tuple) else g)
@@ -490,9 +548,12 @@ def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
                        "y": part["ci_upper"].to_list() + part["ci_lower"].to_list()[::-1],
                        "fill": "toself", "fillcolor": colour + "22", "hoverinfo": "skip",
                        "showlegend": False, "legendgroup": name, "xaxis": xaxis, "yaxis": yaxis})
-    return {"data": traces, "layout": {"xaxis": {"title": {"text": "time"}},
+    return {"data": traces, "layout": {"xaxis": {"title": {"text": time_label}},
                                        "yaxis": {"title": {"text": "survival"},
-                                                 "range": [0, 1.02]}, "height": 380}}
+                                                 "range": [0, 1.02]}, "height": 400,
+                                       "margin": {"t": 50},
+                                       "legend": {"orientation": "h", "x": 0, "y": 1.02,
+                                                  "yanchor": "bottom"}}}
 
 
 def _km_facets(curves: pl.DataFrame) -> dict[str, Any]:
@@ -522,7 +583,7 @@ def _response_section(rep: Report, store: Store, clinical: pl.DataFrame, labels:
         df = _outcome_frame(clinical, labels, roles)
         if "treatment" not in df.columns:
             df = df.with_columns(pl.lit("all").alias("treatment"))
-        res = ch.response_by_cluster(df, min_cell)
+        res = ch.response_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing)
         inter = res.interaction
         p_int = inter.get("p")
         if p_int is None and inter.get("p_coarsened") and inter.get("p_bound") is not None:
@@ -634,15 +695,18 @@ def _mutations_section(rep: Report, store: Store, labels: pl.DataFrame, min_cell
         return
     sec = rep.section("mutations", "Mutations",
                       note="Frequency of each gene per cluster; Fisher's exact test of each "
-                           "cluster against the rest with BH q; oncoprint of the top genes.")
+                           "cluster against the rest with BH q; heatmap of the top genes' "
+                           "frequencies per cluster (no patient-level columns).")
     out = {}
     for t in genetic:
         df = store.read(t)
-        res = ch.mutation_enrichment(df, labels, min_cell, top=TOP_GENES)
+        res = ch.mutation_enrichment(df, labels, min_cell, top=TOP_GENES,
+                                     protect_missing=rep.policy.protect_missing)
         _add_table(rep, sec, f"mutations_{t['name']}", f"{t['name']}: top genes", res.table)
         if res.top_genes:
-            _add_figure(rep, sec, f"oncoprint_{t['name']}", f"{t['name']}: oncoprint",
-                        _oncoprint(res.oncoprint))
+            _add_figure(rep, sec, f"mutation_frequency_{t['name']}",
+                        f"{t['name']}: % mutated per cluster (top genes)",
+                        _frequency_heatmap(res.frequencies, res.top_genes))
         for n in res.notes:
             _add_text(sec, n)
         out[t["name"]] = res.to_dict()
@@ -651,26 +715,31 @@ def _mutations_section(rep: Report, store: Store, labels: pl.DataFrame, min_cell
     rep.data["mutations"] = out
 
 
-def _oncoprint(op: Any) -> dict[str, Any]:
-    m = np.asarray(op.matrix, dtype=float)
-    if m.size and m.shape[1] > 2000:  # keep the page light: every k-th column
-        step = int(np.ceil(m.shape[1] / 2000))
-        m = m[:, ::step]
-        cols = list(op.column_clusters)[::step]
-    else:
-        cols = list(op.column_clusters)
-    z = np.where(m < 0, np.nan, m)
-    return {"data": [{"type": "heatmap", "z": [[None if np.isnan(v) else v for v in row]
-                                               for row in z],
-                      "y": list(op.genes), "x": list(range(len(cols))),
-                      "customdata": [[f"cluster {c}" for c in cols]] * len(op.genes),
-                      "hovertemplate": "%{y} %{customdata}: %{z}<extra></extra>",
-                      "colorscale": [[0, "#eeeeee"], [1, "#b2182b"]], "showscale": False,
-                      "xgap": 0, "ygap": 1}],
-            "layout": {"height": 120 + 18 * len(op.genes),
-                       "xaxis": {"showticklabels": False, "title": {"text": "patients, grouped "
-                                                                             "by cluster"}},
-                       "yaxis": {"autorange": "reversed"}}}
+def _frequency_heatmap(freq: pl.DataFrame, genes: list[str]) -> dict[str, Any]:
+    """Genes x displayed clusters, % of the cluster's patients with the gene mutated (the
+    protected frequencies; withheld cells are blank and say so). No patient-level column."""
+    clusters = sorted({int(k) for k in freq["cluster"].to_list()}, key=lambda k: (k < 0, k))
+    names = [cluster_name(k) for k in clusters]
+    cell = {(r["gene"], int(r["cluster"])): r for r in freq.iter_rows(named=True)}
+    z, text = [], []
+    for g in genes:
+        zr, tr = [], []
+        for k in clusters:
+            r = cell.get((g, k))
+            f = None if r is None else r.get("frequency")
+            zr.append(None if f is None else round(100 * f, 1))
+            tr.append("withheld (small count)" if r is not None and f is None
+                      else "" if f is None else f"{100 * f:.1f}% ({r['n_mutated']} of "
+                      f"{r['n_patients']})")
+        z.append(zr)
+        text.append(tr)
+    return {"data": [{"type": "heatmap", "z": z, "x": names, "y": genes, "text": text,
+                      "hovertemplate": "%{y} in %{x}: %{text}<extra></extra>",
+                      "colorscale": "Reds", "zmin": 0, "zmax": 100,
+                      "colorbar": {"title": {"text": "% mutated"}}, "xgap": 2, "ygap": 2}],
+            "layout": {"height": 140 + 22 * len(genes), "margin": {"l": 110},
+                       "xaxis": {"side": "top"},
+                       "yaxis": {"autorange": "reversed", "automargin": True}}}
 
 
 def _methods_section(rep: Report, store: Store, run_dir: Path, params: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ def render_html(rep: Report) -> str:
     groups = rep.data.get("groups", {})
     return template.render(
         sections=rep.sections, tables=tables, data=rep.data, groups=groups,
+        min_cell=rep.data.get("min_cell", 5),
         version=__version__, figures_json=jinja2.utils.markupsafe.Markup(
             _script_json(rep.figures)),
         plotly_js=jinja2.utils.markupsafe.Markup(_plotly_js().replace("</script", "<\\/script")),
