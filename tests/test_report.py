@@ -191,3 +191,36 @@ def test_include_ids_and_tables_dir(small_cluster_store: Path, tmp_path: Path) -
     assert "P0-000" not in (tmp_path / "r2.html").read_text()
     emb = pl.read_parquet(tmp_path / "t2" / "embedding.parquet")
     assert "patient_id" in emb.columns and emb["patient_id"].str.starts_with("P").all()
+
+
+def test_summary_comes_first_and_repeats_only_protected_numbers(
+        small_cluster_store: Path, tmp_path: Path) -> None:
+    rep = gather(Store.open(small_cluster_store), min_cell=5)
+    assert rep.sections[0]["key"] == "summary"
+    table = rep.tables["summary"]
+    assert sorted(int(v) for v in table["patients"].to_list()) == [30, 40]  # 3 folded
+    assert any("not clustered or in groups too small" in s
+               for s in rep.data["summary"]["sentences"])
+    survival = {c["name"]: c for c in rep.data["survival"]["clusters"]}
+    for row in table.iter_rows(named=True):
+        c = survival[row["group"]]
+        if c["median_withheld"]:
+            assert "withheld" in row["survival"]
+    write_report(Store.open(small_cluster_store), out=tmp_path / "r.md", fmt="md")
+    md = (tmp_path / "r.md").read_text()
+    assert md.index("## Summary") < md.index("## Cohort") < md.index("## Groups")
+
+
+def test_no_section_is_a_bare_heading(tmp_path: Path) -> None:
+    """Mutation calls only, no clinical table: Markers says why it is empty."""
+    rng = np.random.default_rng(3)
+    ids = [f"Q{i:03d}" for i in range(60)]
+    calls = pl.DataFrame({"patient_id": ids,
+                          **{f"G{j}": (rng.random(60) < 0.3).astype(int) for j in range(8)}})
+    calls.write_parquet(tmp_path / "calls.parquet")
+    assert main(["-q", "ingest", "-o", str(tmp_path / "s"), "--genetic",
+                 f"calls={tmp_path / 'calls.parquet'}"]) == 0
+    cluster(Store.open(tmp_path / "s"), ClusterOptions(bootstrap=5))
+    rep = gather(Store.open(tmp_path / "s"), min_cell=5)
+    for sec in rep.sections:
+        assert sec["items"], sec["key"]

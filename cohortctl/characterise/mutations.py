@@ -409,6 +409,8 @@ def mutation_enrichment(
         "q",
     ]
     table = pl.DataFrame(rows, schema={c: pl.String for c in cols}, orient="row")
+    if not tested:  # nothing to compare: frequencies only, no columns of dashes
+        table = table.drop("most enriched in", "OR", "p", "q")
 
     # Oncoprint: displayed clusters whose number of patients with data is shown.
     blocks = []
@@ -432,6 +434,8 @@ def mutation_enrichment(
         f"other tested clusters, BH q over {n_genes} genes x {len(tested)} clusters. Where a "
         "count the test depends on is withheld, the odds ratio is withheld and p/q are shown "
         "only as categories."
+        if tested else "Fewer than two groups large enough to compare: frequencies only, no "
+        "enrichment test."
     )
     if n_no_data:
         what = f"An undisclosed number ({WITHHELD_MARK}) of" if no_data_sup else str(n_no_data)

@@ -32,6 +32,7 @@ from cohortctl.characterise.privacy import (
 from cohortctl.characterise.table1 import looks_like_id_name
 from cohortctl.errors import InputDataError, OutputError, UsageError
 from cohortctl.report import embedding as emb
+from cohortctl.report.summary import summarise
 from cohortctl.store import Store, verify_run, version_info
 
 log = logging.getLogger("cohortctl")
@@ -131,6 +132,7 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
     step("mutations")
     _mutations_section(rep, store, labels, min_cell)
     _methods_section(rep, store, run_dir, params)
+    _summary_section(rep)
     if include_ids:
         # Patient-level coordinates only with identifiers asked for (--tables output).
         shown = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
@@ -138,6 +140,21 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
                                                    "embedding_2")
         rep.raw_tables["assignments"] = assignments
     return rep
+
+
+def _summary_section(rep: Report) -> None:
+    """The summary, first in the report, from the sections' protected numbers only."""
+    sentences, table = summarise(rep.data)
+    sec = rep.section("summary", "Summary",
+                      note="What was found, how sure, what marks each group and how it fared; "
+                           "details and tests in the sections below.")
+    rep.sections.insert(0, rep.sections.pop())
+    for text in sentences:
+        _add_text(sec, text)
+    if table is not None:
+        _add_table(rep, sec, "summary", "Groups at a glance", table)
+    rep.data["summary"] = {"sentences": sentences,
+                           "groups": [] if table is None else table.to_dicts()}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -649,6 +666,9 @@ def _outcome_tables(rep: Report, store: Store, labels: pl.DataFrame, min_cell: i
                                            "skipped": res.skipped, "notes": res.notes})
     if results:
         rep.data["outcome_tables"] = results
+    elif not sec["items"]:
+        _add_text(sec, "No treatment, response or outcome data in the store (declare them at "
+                       "ingest: --clinical with --treatment/--response, or --outcome).")
 
 
 def _markers_section(rep: Report, store: Store, run_dir: Path, labels: pl.DataFrame,
@@ -676,6 +696,13 @@ def _markers_section(rep: Report, store: Store, run_dir: Path, labels: pl.DataFr
             _add_text(sec, f"{name}: {n}")
         out[name] = res.to_dict()
         rep.raw_tables[f"markers_{name}_all"] = res.stats
+    # Never an empty section: say why in one sentence.
+    if not out:
+        _add_text(sec, "No molecular (continuous) table was clustered: markers are computed "
+                       "for expression-like data; mutation differences are under Mutations.")
+    elif not any(f"markers_{nm}" in rep.tables for nm in out):
+        _add_text(sec, "No marker to show: fewer than two groups to compare, or no feature "
+                       "differs between them.")
     rep.data["markers"] = out
 
 
