@@ -311,19 +311,18 @@ def report(
     store: Annotated[str | None, typer.Argument(help="Store path, or '-'/omitted to read it from stdin.")] = None,
     out: Annotated[Path, typer.Option("-o", "--out", help="Report file ('-' for stdout with md/json).")] = Path("report.html"),
     run: Annotated[str, typer.Option(help="Run name or 'latest'.")] = "latest",
-    fmt: Annotated[str, typer.Option("--format", help="html|json|md.")] = "html",
-    tables: Annotated[Path | None, typer.Option(help="Also write every table as TSV+Parquet here.")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="html|json|md (default: from the extension of -o).")] = None,
+    tables: Annotated[Path | None, typer.Option(help="Also write every table as TSV+Parquet into this new directory.")] = None,
     min_cell: Annotated[int, typer.Option(help="Small-cell threshold: counts below it are suppressed.")] = 5,
     include_ids: Annotated[bool, typer.Option(help="Include patient identifiers (off by default).")] = False,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing report file.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing report file and a --tables directory cohortctl wrote (never any other directory).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
 ) -> None:
     """Characterise the groups of a run and write an HTML, JSON or Markdown report."""
-    from cohortctl.report.build import write_report
+    from cohortctl.report.build import resolve_format, write_report
     from cohortctl.store import Store
 
-    if fmt not in ("html", "json", "md"):
-        raise UsageError("--format must be html, json or md")
+    resolve_format(out, fmt)  # a usage error before reading anything
     if min_cell < 1:
         raise UsageError("--min-cell must be >= 1")
     st = Store.open(_store_arg(store))

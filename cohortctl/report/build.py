@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -792,20 +793,29 @@ def _methods_section(rep: Report, store: Store, run_dir: Path, params: dict[str,
 
 
 # -- writing ----------------------------------------------------------------------------
-def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str = "html",
+def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str | None = None,
                  tables_dir: Path | None = None, min_cell: int = 5, include_ids: bool = False,
                  force: bool = False, progress: Callable[[str], None] | None = None
                  ) -> dict[str, Any]:
     """Build the report and write it to ``out`` ("-" = stdout); returns a short summary."""
-    if fmt not in FORMATS:
-        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    fmt = resolve_format(out, fmt)
     if min_cell < 1:
         raise UsageError("--min-cell must be >= 1")
     out_path = None if str(out) == "-" else Path(out)
+    if out_path is not None and out_path.is_dir():
+        raise OutputError(f"{out_path}: is a directory (-o names the report file)")
     if out_path is not None and out_path.exists() and not force:
         raise OutputError(f"{out_path}: exists (use --force to overwrite)")
-    if tables_dir is not None and tables_dir.exists() and any(tables_dir.iterdir()) and not force:
-        raise OutputError(f"{tables_dir}: exists and is not empty (use --force)")
+    if tables_dir is not None and os.path.lexists(tables_dir):
+        if not tables_dir.is_dir() or tables_dir.is_symlink():
+            raise OutputError(f"{tables_dir}: exists and is not a directory (--tables names a "
+                              "directory to create)")
+        if any(tables_dir.iterdir()):
+            if not force:
+                raise OutputError(f"{tables_dir}: exists and is not empty (use --force)")
+            if not _is_tables_dir(tables_dir):
+                raise OutputError(f"{tables_dir}: not a --tables directory written by cohortctl "
+                                  "(no marker file); refusing to replace it")
     rep = gather(store, run, min_cell=min_cell, include_ids=include_ids, progress=progress)
     if fmt == "html":
         from cohortctl.report.html import render_html
@@ -850,20 +860,67 @@ def _atomic_write_text(path: Path, text: str, force: bool = False) -> None:
             raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
+#: Marker file of a --tables directory: --force replaces only directories that carry it
+#: (a flat directory of the user's own .tsv/.parquet inputs was replaced before).
+TABLES_MARKER = ".cohortctl-tables.json"
+EXTENSIONS = {".html": "html", ".htm": "html", ".json": "json", ".md": "md",
+              ".markdown": "md"}
+
+
+def resolve_format(out: Path | str, fmt: str | None) -> str:
+    """The report format: ``--format`` if given, else from the extension of ``-o``.
+
+    An extension that names another format (``-o x.json --format html``) or none that
+    cohortctl writes (``-o x.pdf``) is refused: HTML inside a ``.pdf`` helps nobody."""
+    if fmt is not None and fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}")
+    if str(out) == "-":
+        if fmt in (None, "html"):
+            raise UsageError("-o - (stdout) needs --format md or --format json")
+        return fmt
+    suffix = Path(out).suffix.lower()
+    implied = EXTENSIONS.get(suffix)
+    if implied is None:
+        raise UsageError(f"-o {out}: cohortctl writes .html, .json or .md reports, not "
+                         f"{suffix or 'files without an extension'}")
+    if fmt is not None and fmt != implied:
+        raise UsageError(f"-o {out} is a .{implied} name but --format is {fmt}")
+    return implied
+
+
 def _is_tables_dir(path: Path) -> bool:
-    """Only an empty directory or one holding report tables may be replaced by --force."""
+    """Only an empty directory or one cohortctl wrote (its marker file) may be replaced."""
     try:
-        return all(p.suffix in (".tsv", ".parquet") for p in path.iterdir())
+        return not any(path.iterdir()) or (path / TABLES_MARKER).is_file()
     except OSError:
         return False
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _spreadsheet_safe_frame(table: pl.DataFrame) -> pl.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+    ``-``, ``@``, tab or CR), made inert with a leading ``'`` as OWASP recommends against
+    CSV injection. Plain numbers, negative ones included, are kept as they are."""
+    starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
+    return table.with_columns(
+        pl.when(pl.col(c).str.contains(starts) & ~pl.col(c).str.contains(_PLAIN_NUMBER.pattern))
+        .then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
+        for c in table.columns if table.schema[c] == pl.String)
+
+
 def write_tables(rep: Report, directory: Path, *, force: bool = False) -> None:
-    """Every display table as TSV and every raw table as Parquet, written atomically."""
+    """Every display table as TSV (text cells spreadsheet-safe) and every raw table as
+    Parquet, written atomically into a directory marked as cohortctl's."""
     from cohortctl.store import atomic_directory, write_parquet
 
+    # force: write_report has refused a non-empty directory without --force already.
     with atomic_directory(directory, force=True, replace_only=_is_tables_dir) as tmp:
+        (tmp / TABLES_MARKER).write_text(json.dumps(
+            {"written_by": "cohortctl report --tables", "run": rep.data.get("run")}) + "\n")
         for name, table in rep.tables.items():
-            table.write_csv(tmp / f"{name}.tsv", separator="\t")
+            _spreadsheet_safe_frame(table).write_csv(tmp / f"{name}.tsv", separator="\t")
         for name, table in rep.raw_tables.items():
             write_parquet(table, tmp / f"{name}.parquet")

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import re
+
 from cohortctl import __version__
 from cohortctl.report.build import Report
 
 MD_MAX_ROWS = 25
 
 
+_ESCAPES = str.maketrans({"|": "\\|", "`": "\\`", "[": "\\[", "]": "\\]", "\n": " ",
+                          "\r": " ", "\t": " ", "\\": "\\\\"})
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # "<0.001" stays readable; "<script" does not
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+
+
+def _text(v: object) -> str:
+    """A value from the data as inert Markdown: no HTML tag or entity (``<script>``,
+    ``<img onerror>``), no line break (a ``\\r`` broke out of a table and injected a
+    heading), no link or image (``![x](http://...)`` would load a remote image), no table or
+    code delimiter."""
+    if v is None:
+        return ""
+    text = _ENTITY.sub("&amp;", str(v).translate(_ESCAPES))
+    return _TAG_OPEN.sub("&lt;", text)
+
+
 def _cell(v: object) -> str:
-    return "" if v is None else str(v).replace("|", "\\|").replace("\n", " ")
+    return _text(v)
 
 
 def render_markdown(rep: Report) -> str:
@@ -19,17 +38,17 @@ def render_markdown(rep: Report) -> str:
              f"{g.get('n_clusters')} clusters · cohortctl {__version__}", "",
              f"> {rep.data.get('privacy')}", ""]
     for sec in rep.sections:
-        lines += [f"## {sec['title']}", ""]
+        lines += [f"## {_text(sec['title'])}", ""]
         if sec["note"]:
-            lines += [f"_{sec['note']}_", ""]
+            lines += [f"_{_text(sec['note'])}_", ""]
         for item in sec["items"]:
             if item["type"] == "text":
-                lines += [item["text"], ""]
+                lines += [_text(item["text"]), ""]
             elif item["type"] == "table":
                 df = rep.tables[item["name"]]
                 if df.width == 0:
                     continue
-                lines += [f"**{item['title']}**", "",
+                lines += [f"**{_text(item['title'])}**", "",
                           "| " + " | ".join(_cell(c) for c in df.columns) + " |",
                           "|" + "---|" * df.width]
                 for row in df.head(MD_MAX_ROWS).iter_rows():
@@ -38,5 +57,5 @@ def render_markdown(rep: Report) -> str:
                     lines.append(f"\n_{df.height - MD_MAX_ROWS} more rows (see --tables)._")
                 lines.append("")
             elif item["type"] == "figure":
-                lines += [f"_Figure: {item['title']} (HTML report only)._", ""]
+                lines += [f"_Figure: {_text(item['title'])} (HTML report only)._", ""]
     return "\n".join(lines).rstrip() + "\n"
