@@ -29,7 +29,7 @@ from cohortctl.cluster.placement import place as place_by_vote
 from cohortctl.errors import InputDataError, OutputError, UsageError
 from cohortctl.features import BlockModel, impute_missing_blocks
 from cohortctl.io.readers import TableSpec
-from cohortctl.store import Store, atomic_file, verify_run
+from cohortctl.store import Store, atomic_file, valid_name, verify_run
 
 log = logging.getLogger("cohortctl")
 
@@ -94,6 +94,9 @@ def load_run(store: Store | str | Path, run: str = "latest") -> RunModel:
         integ = json.loads((model_dir / "integration.json").read_text())
         params = json.loads((run_dir / "params.json").read_text())
         names = [str(b) for b in integ["blocks"]]
+        unsafe = [b for b in names if not valid_name(b)]
+        if unsafe:  # block names become file names: never a path (x/../../outside/evil)
+            raise InputDataError(f"{where} (block name {unsafe[0]!r} is not a plain name)")
         slices = {b: (int(integ["block_slices"][b][0]), int(integ["block_slices"][b][1]))
                   for b in names}
         imputed = {b: [str(p) for p in integ.get("imputed_patients", {}).get(b, [])]

@@ -279,6 +279,11 @@ class BlockModel:
             raise InputDataError(f"{directory}: block {name!r} loadings do not match its features")
         model = cls(**meta)
         model.components = comp.drop("feature").to_numpy().T.copy()
+        numbers = [model.impute, model.center, model.scale, model.component_weights,
+                   [model.first_singular_value], model.components.ravel()]
+        if not all(np.all(np.isfinite(np.asarray(v, dtype=float))) for v in numbers):
+            raise InputDataError(f"{directory}: block {name!r} holds a non-finite number "
+                                 "(NaN or infinity); the run is corrupt")
         return model
 
 

@@ -177,7 +177,8 @@ def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
     df, nonfinite_times = _canonical_roles(df, path, roles)
     for ref in opts.reference:
         if ref not in df.columns:
-            raise InputDataError(f"{path}: reference column {ref!r} not found (--reference)")
+            raise InputDataError(f"{path}: reference column {ref!r} not found (--reference)"
+                                 f"{_did_you_mean(ref, df.columns)}")
     info = {
         "columns_dropped_all_missing": dropped,
         "column_types": {c: str(df[c].dtype) for c in df.columns if c != "patient_id"},
@@ -193,6 +194,21 @@ def _read_clinical(opts: IngestOptions) -> tuple[_Table, dict[str, Any]]:
         "survival_time_nonfinite_as_missing": nonfinite_times,
     }
     return _Table("clinical", "clinical", path, df, info, id_source=id_col), role_info
+
+
+def _did_you_mean(name: str, columns: Sequence[str]) -> str:
+    """``"; did you mean 'OS_days'? (columns: ...)"`` for a column name that is not there."""
+    import difflib
+
+    others = [c for c in columns if c != "patient_id"]
+    close = difflib.get_close_matches(name, others, n=1, cutoff=0.6) or difflib.get_close_matches(
+        name.lower(), [c.lower() for c in others], n=1, cutoff=0.6)
+    hint = ""
+    if close:
+        match = next((c for c in others if c.lower() == close[0].lower()), close[0])
+        hint = f"; did you mean {match!r}?"
+    shown = ", ".join(others[:12]) + (f", ... ({len(others)} in all)" if len(others) > 12 else "")
+    return f"{hint} (columns: {shown})"
 
 
 def _text_fmt(fmt: str | None) -> str | None:
@@ -216,7 +232,8 @@ def _resolve_roles(df: pl.DataFrame, path: Path, opts: IngestOptions, dropped: l
             if declared in dropped:
                 raise InputDataError(f"{path}: --{role} column {declared!r} is entirely missing")
             if declared not in df.columns:
-                raise InputDataError(f"{path}: --{role} column {declared!r} not found")
+                raise InputDataError(f"{path}: --{role} column {declared!r} not found"
+                                     f"{_did_you_mean(declared, df.columns)}")
             roles[role] = declared
             continue
         roles[role] = next((lower[n] for n in ROLE_NAMES[role] if n in lower), None)

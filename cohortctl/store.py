@@ -563,7 +563,14 @@ class Store:
     # -- runs ---------------------------------------------------------------
     @property
     def runs_dir(self) -> Path:
-        return self.root / "runs"
+        """``STORE/runs``, refused when it is a symlink or leads outside the store: runs hold
+        patient-level assignments, which must never be written (or read) elsewhere."""
+        runs = self.root / "runs"
+        if runs.is_symlink() or (runs.exists()
+                                 and runs.resolve().parent != self.root.resolve()):
+            raise InputDataError(f"{runs}: is a symbolic link or leads outside the store; "
+                                 "refusing to read or write runs there")
+        return runs
 
     def run_names(self) -> list[str]:
         """Complete runs, oldest first (by creation order recorded in run.json)."""

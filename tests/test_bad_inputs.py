@@ -219,6 +219,30 @@ def test_missing_clinical_file(cli, tmp_path: Path, good_mrna: Path) -> None:
     assert_refused(res, EXIT_NOINPUT, r"clin.tsv: no such file", tmp_path / "s", None)
 
 
+@pytest.mark.parametrize("values", [[[1, 2]], [{"a": 1}], [b"\x00raw"]],
+                         ids=["list", "struct", "binary"])
+def test_nested_clinical_column_refused_at_ingest(cli, tmp_path: Path, good_mrna: Path,
+                                                  values: list) -> None:
+    """A list/struct/binary column used to ingest, and then crashed ``report`` (exit 1)."""
+    ids = pl.read_csv(good_mrna)["patient_id"].to_list()
+    pl.DataFrame({"patient_id": ids, "tags": values * len(ids)}).write_parquet(
+        tmp_path / "clin.parquet")
+    res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna,
+              "--clinical", tmp_path / "clin.parquet")
+    assert_refused(res, EXIT_DATA, r"clin.parquet: column 'tags' holds .* values",
+                   tmp_path / "s", None)
+
+
+def test_missing_role_column_suggests_the_closest(cli, tmp_path: Path, good_mrna: Path) -> None:
+    ids = pl.read_csv(good_mrna)["patient_id"].to_list()
+    pl.DataFrame({"patient_id": ids, "OS_days": [10.0] * len(ids),
+                  "OS_event": [1] * len(ids)}).write_parquet(tmp_path / "clin.parquet")
+    res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna,
+              "--clinical", tmp_path / "clin.parquet", "--time", "OS_day", "--event", "OS_event")
+    assert_refused(res, EXIT_DATA, r"--time column 'OS_day' not found; did you mean "
+                   r"'OS_days'\? \(columns: OS_days, OS_event\)", tmp_path / "s", None)
+
+
 def test_directory_as_input(cli, tmp_path: Path) -> None:
     (tmp_path / "mrna.csv").mkdir()
     res = cli("ingest", "-o", tmp_path / "s", "--molecular", tmp_path / "mrna.csv")

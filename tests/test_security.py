@@ -291,3 +291,57 @@ def test_outputs_honour_umask(umask_outputs: dict[int, list[Path]], mask: int) -
             assert mode == (0o700 if is_dir else 0o600), (path, oct(mode))
         else:
             assert mode & 0o022 == 0, (path, oct(mode))
+
+
+def _retamper(run: Path, rel: str, text: str) -> None:
+    """Rewrite a run file *and* its checksum (a deliberate tamperer can: checksums catch
+    accidents, not attacks), so that only the loader's own checks stand in the way."""
+    import hashlib
+
+    (run / rel).write_text(text)
+    meta = json.loads((run / RUN_MANIFEST).read_text())
+    meta["files"][rel] = hashlib.sha256((run / rel).read_bytes()).hexdigest()
+    (run / RUN_MANIFEST).write_text(json.dumps(meta))
+
+
+def test_runs_directory_symlink_refused(copy: Path, tmp_path: Path) -> None:
+    """STORE/runs swapped for a symlink: cluster must not write patient-level assignments
+    there, nor report read from it."""
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(copy / "runs", outside)
+    shutil.rmtree(copy / "runs")
+    (copy / "runs").symlink_to(outside)
+    before = sorted(p.name for p in outside.iterdir())
+    p = run_cli("cluster", str(copy), *FAST_CLUSTER)
+    assert p.returncode == EXIT_DATA and "symbolic link" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in outside.iterdir()) == before
+    if report_available():
+        p = run_cli("report", str(copy), "-o", str(tmp_path / "r.html"))
+        assert p.returncode == EXIT_DATA and not (tmp_path / "r.html").exists()
+
+
+def test_model_block_name_traversal_refused(copy: Path, tmp_path: Path) -> None:
+    from cohortctl.assign import load_run
+
+    run = copy / "runs" / Store.open(copy).run_names()[0]
+    integ = json.loads((run / "model" / "integration.json").read_text())
+    first = integ["blocks"][0]
+    evil = "x/../../../../outside/evil"
+    integ["blocks"][0] = evil
+    integ["block_slices"][evil] = integ["block_slices"].pop(first)
+    _retamper(run, "model/integration.json", json.dumps(integ))
+    with pytest.raises(InputDataError, match="not a plain name"):
+        load_run(copy)
+
+
+def test_non_finite_model_number_refused(copy: Path) -> None:
+    from cohortctl.assign import load_run
+
+    run = copy / "runs" / Store.open(copy).run_names()[0]
+    block = sorted((run / "model").glob("block-*.json"))[0]
+    meta = json.loads(block.read_text())
+    meta["center"][0] = float("nan")
+    _retamper(run, f"model/{block.name}", json.dumps(meta))
+    with pytest.raises(InputDataError, match="non-finite"):
+        load_run(copy)

@@ -308,6 +308,12 @@ def arrow_to_polars(data: pa.Table | pa.RecordBatch, path: Path) -> pl.DataFrame
         )
     except (pa.ArrowException, ValueError) as exc:
         raise InputMissingError(f"{path}: corrupt Parquet schema ({_short(exc)})") from None
+    nested = [f for f in clean.schema if pa.types.is_nested(f.type)
+              or pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    if nested:
+        f = nested[0]
+        raise InputDataError(f"{path}: column {f.name!r} holds {f.type} values; cohortctl "
+                             "reads flat tables of numbers and text only")
     try:
         return pl.from_arrow(clean)  # type: ignore[return-value]
     except PanicException as exc:
