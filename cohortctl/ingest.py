@@ -35,6 +35,7 @@ from cohortctl.store import (
     write_json,
     write_parquet,
 )
+from cohortctl.vocabulary import event_code
 
 log = logging.getLogger("cohortctl")
 
@@ -59,8 +60,6 @@ MIN_COHORT_PATIENTS = 6
 #: ones keep input order, except in a pseudonymised store (sorted in passes instead).
 STREAM_SORT_MAX_CELLS = 400_000_000
 
-_EVENT_TRUE = {"1", "true", "t", "yes", "dead", "deceased", "1.0"}
-_EVENT_FALSE = {"0", "false", "f", "no", "alive", "living", "0.0"}
 
 
 @dataclass
@@ -118,6 +117,10 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
         if flags:
             raise UsageError(f"{', '.join(flags)} name clinical columns but no --clinical is given")
     _check_distinct_names(opts)
+    if os.path.lexists(opts.out) and not opts.force:
+        # Before reading anything: re-running a command used to print the inputs' warnings
+        # and only then fail on the existing output.
+        raise OutputError(f"{opts.out}: already exists (use --force to replace it)")
     tables: list[_Table] = []
     clinical_roles: dict[str, Any] = {}
     if opts.clinical is not None:
@@ -129,6 +132,7 @@ def ingest(opts: IngestOptions) -> dict[str, Any]:
         tables.append(_read_molecular(spec, opts))
     for spec in opts.outcome:
         tables.append(_read_outcome(spec, opts))
+    _check_lookalike_ids(tables)
     _drop_identifiers(tables, clinical_roles, opts)  # before pseudonymising: needs raw IDs
     if opts.pseudonym_key is not None:
         _pseudonymise(tables, opts.pseudonym_key)
@@ -285,20 +289,16 @@ def _canonical_roles(df: pl.DataFrame, path: Path, roles: dict[str, str | None]
         df = df.with_columns(col.alias(time_col))
     if event_col:
         col = df[event_col]
-        text = col.cast(pl.String).str.strip_chars().str.to_lowercase()
-        ok = text.is_null() | text.is_in(list(_EVENT_TRUE | _EVENT_FALSE))
-        if not ok.all():
-            row = int((~ok).arg_true()[0])
-            raise InputDataError(
-                f"{path}: event value {col[row]!r} in column {event_col!r}, row {row + 1}, "
-                "is not 0/1/true/false"
-            )
-        canon = (
-            pl.when(text.is_in(list(_EVENT_TRUE))).then(1)
-            .when(text.is_in(list(_EVENT_FALSE))).then(0)
-            .otherwise(None)
-        )
-        df = df.with_columns(pl.select(canon.cast(pl.Int8)).to_series().alias(event_col))
+        codes = []
+        for row, raw in enumerate(col.cast(pl.String).to_list()):
+            try:
+                codes.append(event_code(raw))
+            except ValueError:
+                raise InputDataError(
+                    f"{path}: event value {raw!r} in column {event_col!r}, row {row + 1}, "
+                    "is not 0/1, true/false, dead/alive or a coded label such as 1:DECEASED"
+                ) from None
+        df = df.with_columns(pl.Series(event_col, codes, dtype=pl.Int8))
     return df, nonfinite_count
 
 
@@ -748,6 +748,23 @@ def _pseudonymise(tables: list[_Table], key: bytes) -> None:
             t.stream["ids"] = t.stream["ids"].replace_strict(mapping)  # type: ignore[index]
 
 
+def _check_lookalike_ids(tables: list[_Table]) -> None:
+    """Refuse two different IDs that look the same across tables (``P01`` in one table,
+    ``p01`` or Cyrillic ``Р01`` in another): joined as they are, one patient would become
+    two. Within a table :func:`readers.check_unique_ids` does the same."""
+    seen: dict[str, tuple[str, Path]] = {}
+    for t in tables:
+        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
+        for pid in ids.unique().to_list():
+            key = readers.id_skeleton(pid)
+            other = seen.setdefault(key, (pid, t.source))
+            if other[0] != pid:
+                raise InputDataError(
+                    f"{t.source}: patient ID {pid!r} looks like {other[0]!r} in {other[1]} "
+                    "(they differ only by case or by look-alike letters); make them identical "
+                    "or clearly different")
+
+
 def _overlap(tables: list[_Table]) -> dict[str, Any]:
     """Patient counts per table and how the tables overlap; disjoint tables are refused.
 
@@ -809,13 +826,10 @@ def _check_cohort_size(tables: list[_Table]) -> None:
 
 def _disjoint(a: str, others: list[str], sets: dict[str, set[str]], sources: dict[str, Path]
               ) -> None:
-    """Refuse table ``a`` for sharing no patient with ``others``, with a hint on case."""
-    rest = set().union(*(sets[b] for b in others))
-    hint = ""
-    if {i.lower() for i in sets[a]} & {i.lower() for i in rest}:
-        hint = " (some IDs match when case is ignored: make the case consistent)"
+    """Refuse table ``a`` for sharing no patient with ``others`` (IDs differing only by
+    case or look-alike letters were refused before, by :func:`_check_lookalike_ids`)."""
     names = ", ".join(f"{b} ({sources[b]})" for b in others)
-    raise InputDataError(f"{sources[a]}: table {a} shares no patient with {names}{hint}")
+    raise InputDataError(f"{sources[a]}: table {a} shares no patient with {names}")
 
 
 # -- writing ---------------------------------------------------------------------------

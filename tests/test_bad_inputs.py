@@ -342,9 +342,9 @@ def test_tables_sharing_no_patient(cli, tmp_path: Path, good_mrna: Path) -> None
     other = _write(tmp_path / "mirna.csv", corpus.csv_bytes(corpus.mrna_rows(
         [f"p{i:02d}" for i in range(1, 9)])))
     res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna, "--molecular", other)
-    assert_refused(res, EXIT_DATA, r"mrna.csv: table molecular:mrna shares no patient with "
-                   r"molecular:mirna \(.*mirna.csv\) \(some IDs match when case is ignored",
-                   tmp_path / "s", None)
+    # Refused as look-alike IDs (p02 vs P02) before the tables are found disjoint.
+    assert_refused(res, EXIT_DATA, r"mirna.csv: patient ID 'p0\d' looks like 'P0\d' in .*"
+                   r"mrna.csv \(they differ only by case", tmp_path / "s", None)
 
 
 def _clinical(tmp_path: Path, **cols: list[str]) -> Path:
@@ -376,7 +376,7 @@ def test_event_values_not_binary(cli, tmp_path: Path, good_mrna: Path, value: st
     clin = _clinical(tmp_path, os_time=TIMES, os_event=events)
     res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna, "--clinical", clin)
     assert_refused(res, EXIT_DATA, r"clin.csv: event value .* in column 'os_event', row 5, "
-                   r"is not 0/1/true/false", tmp_path / "s", None)
+                   r"is not 0/1, true/false", tmp_path / "s", None)
 
 
 def test_negative_survival_time(cli, tmp_path: Path, good_mrna: Path) -> None:
@@ -447,3 +447,56 @@ def test_existing_store_via_console_script(tmp_path: Path, good_mrna: Path, cli_
     res = cli_process("ingest", "-o", out, "--molecular", good_mrna)
     assert res.code == EXIT_CANTCREAT and res.err.count("\n") == 1
     assert "already exists" in res.err and "Traceback" not in res.err
+
+
+@pytest.mark.parametrize("labels", [("1:DECEASED", "0:LIVING"),
+                                    ("1:Recurred/Progressed", "0:DiseaseFree"),
+                                    ("dead", "alive")])
+def test_coded_event_labels_ingest(cli, tmp_path: Path, good_mrna: Path,
+                                   labels: tuple[str, str]) -> None:
+    """cBioPortal's coded labels were refused at ingest while the survival code took them:
+    one vocabulary (cohortctl/vocabulary.py) now serves both."""
+    ids = pl.read_csv(good_mrna)["patient_id"].to_list()
+    events = [labels[i % 2] for i in range(len(ids))]
+    pl.DataFrame({"patient_id": ids, "os_months": [float(i + 1) for i in range(len(ids))],
+                  "status": events}).write_parquet(tmp_path / "clin.parquet")
+    res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna, "--clinical",
+              tmp_path / "clin.parquet", "--time", "os_months", "--event", "status")
+    assert res.code == 0, res.err
+    stored = pl.read_parquet(tmp_path / "s" / "tables" / "clinical.parquet")
+    assert stored["status"].to_list() == [1 - i % 2 for i in range(len(ids))]
+
+
+def test_existing_output_refused_before_reading_inputs(cli, tmp_path: Path,
+                                                       good_mrna: Path) -> None:
+    """Re-running the tour: exit 73 at once, without the inputs' warnings first."""
+    assert cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna).code == 0
+    bad = tmp_path / "broken.csv"
+    bad.write_text("patient_id,g1\nP1,1\n")
+    res = cli("ingest", "-o", tmp_path / "s", "--molecular", bad)
+    assert res.code == EXIT_CANTCREAT and "already exists" in res.err
+    assert len(res.err.strip().splitlines()) == 1
+
+
+def test_lookalike_ids_normalised_or_refused(cli, tmp_path: Path, good_mrna: Path) -> None:
+    """Full-width and zero-width variants are the same patient after normalisation; a
+    Cyrillic look-alike in another table is refused instead of becoming a second patient."""
+    ids = pl.read_csv(good_mrna)["patient_id"].to_list()
+    first = ids[0]
+    full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in first)
+    variants = [full_width, ids[1][:1] + "\u200b" + ids[1][1:], *ids[2:]]
+    pl.DataFrame({"patient_id": variants, "age": list(range(len(ids)))}).write_parquet(
+        tmp_path / "clin.parquet")
+    res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna,
+              "--clinical", tmp_path / "clin.parquet")
+    assert res.code == 0, res.err
+    stored = set(pl.read_parquet(tmp_path / "s" / "tables" / "clinical.parquet")["patient_id"])
+    assert stored == set(ids)  # joined with the expression table, no extra patients
+    cyrillic = {"P": "\u0420", "A": "\u0410", "C": "\u0421", "E": "\u0415", "O": "\u041e"}
+    assert any(ch in cyrillic for ch in first), first
+    fake = "".join(cyrillic.get(ch, ch) for ch in first)
+    pl.DataFrame({"patient_id": [fake, *ids[1:]], "age": list(range(len(ids)))}).write_parquet(
+        tmp_path / "clin2.parquet")
+    res = cli("ingest", "-o", tmp_path / "s2", "--molecular", good_mrna,
+              "--clinical", tmp_path / "clin2.parquet")
+    assert_refused(res, EXIT_DATA, r"looks like .* look-alike letters", tmp_path / "s2", None)

@@ -52,6 +52,7 @@ from cohortctl.characterise.privacy import (
     suppress_nested,
     to_jsonable,
 )
+from cohortctl.vocabulary import event_code
 
 __all__ = [
     "KMCurve",
@@ -189,8 +190,6 @@ def _median_text(c: KMCurve) -> str:
     return f"{format_number(c.median)} ({lo}–{hi})"
 
 
-_EVENT_TRUE = {"1", "true", "t", "yes", "y", "dead", "deceased", "died", "event", "progressed"}
-_EVENT_FALSE = {"0", "false", "f", "no", "n", "alive", "living", "censored", "no event"}
 
 
 def _event_values(s: pl.Series) -> np.ndarray:
@@ -205,17 +204,13 @@ def _event_values(s: pl.Series) -> np.ndarray:
         return v
     out = np.full(s.len(), np.nan)
     for i, raw in enumerate(s.cast(pl.String).to_list()):
-        if raw is None or not raw.strip():
-            continue
-        key = raw.strip().lower()
-        if ":" in key:
-            key = key.split(":", 1)[0].strip()
-        if key in _EVENT_TRUE:
-            out[i] = 1.0
-        elif key in _EVENT_FALSE:
-            out[i] = 0.0
-        else:
-            raise CharacteriseInputError(f"event column has unrecognised value {raw!r} (use 0/1)")
+        try:
+            code = event_code(raw)
+        except ValueError:
+            raise CharacteriseInputError(
+                f"event column has unrecognised value {raw!r} (use 0/1)") from None
+        if code is not None:
+            out[i] = float(code)
     return out
 
 

@@ -403,9 +403,11 @@ def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) ->
 
     1. IDs are text; numeric ID columns are written in decimal (``7`` -> ``"7"``). In
        CSV/TSV the ID column is never type-converted, so ``"007"`` keeps its zeros.
-    2. Unicode NFC normalisation (a composed and a decomposed ``é`` are the same ID).
-    3. Leading/trailing whitespace (Unicode, incl. no-break space), zero-width characters
-       and byte-order marks are stripped; inner characters are kept as they are.
+    2. Unicode NFKC normalisation: a composed and a decomposed ``é`` are the same ID, and
+       so are full-width and ASCII forms (``Ｐ1`` -> ``P1``).
+    3. Leading/trailing whitespace (Unicode, incl. no-break space) is stripped, and
+       invisible format characters (zero-width spaces and joiners, soft hyphens, byte-order
+       marks, bidi controls) are removed wherever they are: ``P\u200b1`` is ``P1``.
     4. Empty IDs and IDs with control or line-break characters inside (C0/C1 controls
        such as tab, newline or NUL; U+2028/U+2029) are refused.
     5. TCGA barcodes are cut to the patient (``TCGA-AB-2802-03A-01W`` -> ``TCGA-AB-2802``)
@@ -416,7 +418,8 @@ def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) ->
     if ids.dtype != pl.String:
         ids = ids.cast(pl.String)
     stripped = (
-        ids.str.normalize("NFC")
+        ids.str.normalize("NFKC")
+        .str.replace_all(_ID_FORMAT_CHARS, "")
         .str.strip_chars()
         .str.strip_chars(_ID_EDGE_CHARS)
         .str.strip_chars()
@@ -444,6 +447,20 @@ def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) ->
     return stripped.alias("patient_id")
 
 
+#: Invisible format characters removed from IDs (Unicode category Cf in common use).
+_ID_FORMAT_CHARS = "[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+#: Cyrillic and Greek letters drawn like Latin ones (Unicode confusables, the common set).
+_CONFUSABLE = str.maketrans(
+    "АВЕКМНОРСТХаеорсухіјѕԁԛԝΑΒΕΖΗΙΚΜΝΟΡΤΥΧαιοκνρτυχ",
+    "ABEKMHOPCTXaeopcyxijsdqwABEZHIKMNOPTYXaiokvptux")
+
+
+def id_skeleton(patient_id: str) -> str:
+    """What an ID looks like: case-folded, look-alike Cyrillic/Greek letters read as Latin.
+    Two different IDs with one skeleton (``P1``, Cyrillic ``Р1``, ``p1``) are refused."""
+    return patient_id.translate(_CONFUSABLE).casefold()
+
+
 def check_unique_ids(ids: pl.Series, path: Path, column: str) -> None:
     """Refuse duplicated patient IDs in a wide table, naming the first one and its rows.
 
@@ -457,14 +474,15 @@ def check_unique_ids(ids: pl.Series, path: Path, column: str) -> None:
         raise InputDataError(
             f"{path}: duplicate patient ID {value!r} in column {column!r} (rows {rows})"
         )
-    folded = ids.str.to_lowercase()
+    folded = ids.map_elements(id_skeleton, return_dtype=pl.String)
     fdup = folded.is_duplicated()
     if fdup.any():
         first = folded.filter(fdup)[0]
         hits = (folded == first).arg_true().to_list()[:2]
         raise InputDataError(
             f"{path}: patient IDs {ids[hits[0]]!r} (row {hits[0] + 1}) and {ids[hits[1]]!r} "
-            f"(row {hits[1] + 1}) in column {column!r} differ only by case"
+            f"(row {hits[1] + 1}) in column {column!r} differ only by case or by look-alike "
+            "letters"
         )
 
 

@@ -374,7 +374,7 @@ def _clinical_and_cohort_variants() -> list[Case]:
     return [
         _case("clinical_event_not_binary", "event value 'maybe'",
               with_clinical("clinical.csv", clin(os_time=times, os_event=bad_event)), 65,
-              r"event value 'maybe' in column 'os_event', row 4, is not 0/1/true/false",
+              r"event value 'maybe' in column 'os_event', row 4, is not 0/1, true/false",
               names_file="clinical.csv"),
         _case("clinical_negative_time", "a negative survival time",
               with_clinical("clinical.csv", clin(os_time=neg, os_event=events)), 65,
