@@ -251,14 +251,29 @@ def infer_types(df: pl.DataFrame, keep_text: Sequence[str] = ()) -> pl.DataFrame
     boolean only if its values are true/false-like with both present. An all-missing
     column becomes Float64. Columns in ``keep_text`` are left as they are.
     """
-    out = []
-    for name in df.columns:
-        col = df[name]
-        if col.dtype != pl.String or name in keep_text:
-            out.append(col)
-            continue
-        out.append(_infer_column(col))
-    return pl.DataFrame(out)
+    schema = df.schema  # once: each df.schema builds the whole schema again
+    keep = set(keep_text)
+    text = [c for c, dtype in schema.items() if dtype == pl.String and c not in keep]
+    if not text:
+        return df
+    # Frame-wide casts first (a 100,000-column table took 21 s column by column); only
+    # the columns that are not all-integer or all-float go through _infer_column.
+    present = df.select(pl.col(text).is_not_null().sum()).row(0)
+    as_int = df.select(pl.col(text).cast(pl.Int64, strict=False))
+    as_float = df.select(pl.col(text).str.strip_chars().cast(pl.Float64, strict=False))
+    n_int = as_int.select(pl.all().is_not_null().sum()).row(0)
+    n_float = as_float.select(pl.all().is_not_null().sum()).row(0)
+    typed: dict[str, pl.Series] = {}
+    for c, n, ni, nf in zip(text, present, n_int, n_float, strict=True):
+        if n == 0:
+            typed[c] = df[c].cast(pl.Float64)
+        elif ni == n:
+            typed[c] = as_int[c]
+        elif nf == n:
+            typed[c] = as_float[c]
+        else:
+            typed[c] = _infer_column(df[c])
+    return df.with_columns(list(typed.values()))
 
 
 _BOOL_TRUE = {"true", "t", "yes", "y"}
@@ -537,9 +552,41 @@ def numeric_column(col: pl.Series, path: Path, offset: int = 0) -> pl.Series:
 
 
 def check_finite_numeric(df: pl.DataFrame, path: Path, id_col: str) -> pl.DataFrame:
-    """Molecular tables: every value column through :func:`numeric_column`."""
-    cols = [numeric_column(df[c], path) for c in df.columns if c != id_col]
-    return pl.DataFrame([df[id_col], *cols])
+    """Molecular tables: every value column as :func:`numeric_column` would make it.
+
+    Frame-wide (one pass per rule over all columns): the per-column path cost ~0.5 ms a
+    column, 48 s for a 100,000-column table. A column that breaks a rule goes through
+    :func:`numeric_column` itself, for its exact one-line error.
+    """
+    values = [c for c in df.columns if c != id_col]
+    if not values:
+        return df.select(id_col)
+    schema = df.schema
+    other = [c for c in values if not (schema[c] == pl.String or schema[c] == pl.Boolean
+                                       or schema[c].is_numeric() or schema[c] == pl.Null)]
+    for c in other:
+        numeric_column(df[c], path)  # raises (non-numeric type), unless all missing
+    text = [c for c in values if schema[c] == pl.String]
+    exprs = [pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) if c in text
+             else pl.col(c).cast(pl.Float64) for c in values]
+    cast = df.select(exprs).with_columns(pl.all().fill_nan(None))
+    if text:
+        lost = (df.select(pl.col(text).is_not_null().sum()).row(0),
+                cast.select(pl.col(text).is_not_null().sum()).row(0))
+        for c, before, after in zip(text, *lost, strict=True):
+            if before != after:
+                numeric_column(df[c], path)  # raises naming the first non-numeric cell
+    flags = cast.select(
+        *(pl.col(c).is_infinite().any().alias(f"inf:{c}") for c in values),
+        *((pl.col(c).abs() > MAX_ABS_VALUE).any().alias(f"big:{c}") for c in values))
+    for c, inf, big in zip(values, flags.row(0)[:len(values)], flags.row(0)[len(values):],
+                           strict=True):
+        if inf or big:
+            numeric_column(df[c], path)  # raises naming the cell
+    keep32 = [c for c in values if schema[c] == pl.Float32]
+    if keep32:
+        cast = cast.with_columns(pl.col(keep32).cast(pl.Float32))
+    return pl.concat([df.select(id_col), cast], how="horizontal")
 
 
 def is_long_layout(df: pl.DataFrame, id_col: str) -> bool:
