@@ -262,3 +262,44 @@ def test_read_maf_missing_columns(tmp_path: Path) -> None:
 def test_finite_or_none() -> None:
     assert [readers.finite_or_none(x) for x in (None, math.nan, math.inf, 2)] == [
         None, None, None, 2.0]
+
+
+def test_wide_typing_equals_column_by_column() -> None:
+    """The transposed path for short, wide tables gives exactly the per-column result,
+    for integer, float, boolean-like, text, partly and wholly missing columns."""
+    import numpy as np
+    import polars as pl
+
+    from cohortctl.io import readers
+
+    rng = np.random.default_rng(4)
+    rows = 6
+    kinds = ["int", "float", "bool", "text", "missing", "mixed", "sci"]
+    cols: dict[str, list[str | None]] = {"patient_id": [f"P{i}" for i in range(rows)]}
+    for j in range(1400):
+        kind = kinds[j % len(kinds)]
+        if kind == "int":
+            vals = [str(v) for v in rng.integers(-50, 50, rows)]
+        elif kind == "float":
+            vals = [f"{v:.3f}" for v in rng.normal(size=rows)]
+        elif kind == "bool":
+            vals = [["yes", "no"][k] for k in rng.integers(0, 2, rows)]
+            vals[0], vals[1] = "yes", "no"
+        elif kind == "text":
+            vals = [f"t{k}" for k in rng.integers(0, 3, rows)]
+        elif kind == "missing":
+            vals = [None] * rows
+        elif kind == "mixed":
+            vals = ["1", "2.5", " 3 ", None, "4", "x"]
+        else:
+            vals = ["1e3", "2E-2", None, "7", "-0.5", "3"]
+        if kind in ("int", "float") and j % 3 == 0:
+            vals[2] = None
+        cols[f"c{j}"] = vals
+    df = pl.DataFrame(cols, schema={c: pl.String for c in cols})
+    wide = readers.infer_types(df, keep_text=("patient_id",))
+    per_column = pl.DataFrame([df["patient_id"],
+                               *[readers._infer_column(df[c]) for c in df.columns[1:]]])
+    assert wide.columns == per_column.columns
+    assert wide.dtypes == per_column.dtypes
+    assert wide.equals(per_column)
