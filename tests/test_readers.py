@@ -303,3 +303,21 @@ def test_wide_typing_equals_column_by_column() -> None:
     assert wide.columns == per_column.columns
     assert wide.dtypes == per_column.dtypes
     assert wide.equals(per_column)
+
+
+def test_spreadsheet_csv_export_with_semicolons_and_decimal_commas(tmp_path) -> None:
+    """Excel in many locales writes ';' between fields and ',' as the decimal mark, with a
+    byte-order mark: read as such, not refused as ragged rows."""
+    from cohortctl.io import readers
+
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffpatient_id;g1;note\nP1;1,5;a,b\nP2;-0,25;c\n".encode())
+    df = readers.read_text_table(path, ",")
+    assert df.columns == ["patient_id", "g1", "note"]
+    assert df["g1"].to_list() == ["1.5", "-0.25"]
+    assert df["note"].to_list() == ["a,b", "c"]  # only numbers change their decimal mark
+    typed = readers.infer_types(df, keep_text=("patient_id",))
+    assert typed["g1"].to_list() == [1.5, -0.25]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("patient_id,g1\nP1,1.5\n")
+    assert readers.read_text_table(plain, ",")["g1"].to_list() == ["1.5"]

@@ -16,6 +16,7 @@ comment lines are not counted), so it is the same for a CSV and the Parquet it b
 from __future__ import annotations
 
 import gzip
+import logging
 import math
 import re
 import zlib
@@ -30,6 +31,8 @@ import pyarrow.parquet as pq
 from polars.exceptions import PanicException
 
 from cohortctl.errors import InputDataError, InputMissingError, UsageError
+
+log = logging.getLogger("cohortctl")
 
 #: Conventional patient-ID column names, tried in this order (case-insensitive)
 #: when ``--id-column`` is not given.
@@ -185,6 +188,13 @@ def read_text_table(path: Path, separator: str) -> pl.DataFrame:
             lines.append(ln)
     if not lines:
         raise InputDataError(f"{path}: empty table (no header row)")
+    decimal_comma = False
+    if separator == "," and ";" in lines[0] and "," not in lines[0]:
+        # Excel in many locales exports "CSV" with ';' between fields and ',' as the
+        # decimal mark (it used to fail as "row 1 has 2 fields, the header has 1").
+        separator, decimal_comma = ";", True
+        log.info("%s: read as semicolon-separated values with decimal commas "
+                 "(a spreadsheet's CSV export)", path)
     import csv
 
     reader = csv.reader(lines, delimiter=separator)
@@ -221,11 +231,14 @@ def read_text_table(path: Path, separator: str) -> pl.DataFrame:
     columns = {
         name: [_null_or(r[j].strip()) for r in body] for j, name in enumerate(header)
     }
-    return pl.DataFrame(columns, schema={h: pl.String for h in header})
+    df = pl.DataFrame(columns, schema={h: pl.String for h in header})
+    if decimal_comma:
+        df = df.with_columns(pl.col(pl.String).str.replace(r"^([+-]?\d+),(\d+)$", "$1.$2"))
+    return df
 
 
 def _sep_name(sep: str) -> str:
-    return "TSV" if sep == "\t" else "CSV"
+    return {"\t": "TSV", ";": "semicolon-separated file"}.get(sep, "CSV")
 
 
 def _null_or(cell: str) -> str | None:
