@@ -158,6 +158,9 @@ def test_one_event_cluster_gives_nothing_back(cohort: tuple[Path, pl.DataFrame])
     assert surv["logrank"]["statistic"] is None and surv["logrank"]["p"] is None
     table = rep.tables["survival"].filter(pl.col("cluster") == one["name"])
     assert table["HR (95% CI)"].item() == "*" and table["events"].item() == "*"
+    # The forest plot draws only the published ratios.
+    drawn = rep.figures["hazard_ratios"]["data"][0]["y"]
+    assert one["name"] not in drawn and len(drawn) >= 1
 
 
 def test_rare_level_never_named(cohort: tuple[Path, pl.DataFrame], tmp_path: Path) -> None:

@@ -501,6 +501,14 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     if at_risk is not None:
         _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", at_risk)
     _add_table(rep, sec, "survival", "Median survival and hazard ratios", res.summary)
+    forest = _forest_figure(res.cox)
+    if forest is not None:
+        _add_figure(rep, sec, "hazard_ratios", "Hazard ratios vs "
+                    f"{res.cox.get('reference_name')} (95% CI)", forest)
+        _add_text(sec, "How to read: each point is a group's hazard ratio against the "
+                       "reference group, with its 95% confidence interval; right of the "
+                       "dotted line (HR > 1) the group fares worse. Withheld ratios are not "
+                       "drawn.")
     for n in res.notes:
         _add_text(sec, n)
     rep.data["survival"] = res.to_dict()
@@ -514,6 +522,27 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
                    bt.summary)
         rep.data["survival_by_treatment"] = bt.to_dict()
 
+
+
+def _forest_figure(cox: dict[str, Any]) -> dict[str, Any] | None:
+    """Forest plot of the published (protected) hazard ratios; None if none is shown."""
+    shown = [h for h in cox.get("hazard_ratios", []) if h.get("hr") is not None
+             and h.get("ci_lower") is not None and h.get("ci_upper") is not None]
+    if not shown:
+        return None
+    names = [h["name"] for h in shown]
+    return {"data": [{
+        "type": "scatter", "mode": "markers", "x": [h["hr"] for h in shown], "y": names,
+        "marker": {"size": 10, "color": PALETTE[0]}, "name": "hazard ratio",
+        "error_x": {"type": "data", "symmetric": False,
+                    "array": [h["ci_upper"] - h["hr"] for h in shown],
+                    "arrayminus": [h["hr"] - h["ci_lower"] for h in shown]},
+        "hovertemplate": "%{y}: HR %{x:.2f}<extra></extra>"}],
+        "layout": {"height": max(220, 120 + 40 * len(shown)), "showlegend": False,
+                   "xaxis": {"type": "log", "title": {"text": "hazard ratio (log scale)"}},
+                   "yaxis": {"automargin": True, "autorange": "reversed"},
+                   "shapes": [{"type": "line", "x0": 1, "x1": 1, "y0": 0, "y1": 1,
+                               "yref": "paper", "line": {"dash": "dot", "color": "#555"}}]}}
 
 
 AT_RISK_TIMES = 6  # columns of the numbers-at-risk table
