@@ -282,7 +282,9 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     reference = _reference_agreement(assignments, clinical, roles)
     if reference:
         _add_text(sec, "Agreement with reference labelling (never used for fitting): " + "; ".join(
-            f"{r['column']}: ARI {r['ari']:.3f}" for r in reference))
+            f"{r['column']}: ARI {r['ari']:.3f}, NMI {r['nmi']:.3f}" for r in reference)
+            + ". The cluster x reference counts are in Table 1; the embedding can be coloured "
+              "by the reference column.")
     fig, hover_cols = _embedding_figure(assignments, layout, clinical, roles, min_cell)
     if fig:
         _add_figure(rep, sec, "embedding", "Embedding (2-D view of the clustered space)", fig)
@@ -325,7 +327,7 @@ def selection_caveats(selected: dict[str, Any], clusters: list[dict[str, Any]]) 
 
 def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | None,
                          roles: dict[str, Any]) -> list[dict[str, Any]]:
-    from sklearn.metrics import adjusted_rand_score
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     out = []
     if clinical is None:
@@ -337,8 +339,11 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
         j = j.filter(pl.col(col).is_not_null())
         if j.height < 2:
             continue
-        ari = adjusted_rand_score(j[col].cast(pl.String).to_list(), j["cluster"].to_list())
+        ref, found = j[col].cast(pl.String).to_list(), j["cluster"].to_list()
+        ari = adjusted_rand_score(ref, found)
+        nmi = normalized_mutual_info_score(ref, found)
         out.append({"column": col, "patients": j.height, "ari": round(float(ari), 4),
+                    "nmi": round(float(nmi), 4),
                     "note": "unassigned patients (-1) count as one more group"})
     return out
 

@@ -103,7 +103,7 @@ def summarise(data: dict[str, Any]) -> tuple[list[str], pl.DataFrame | None]:
         sentences.append(f"{_patients(unassigned)} unassigned.")
     for ref in groups.get("reference_agreement") or []:
         sentences.append(f"Agreement with the reference labelling {ref['column']} (never used "
-                         f"for fitting): ARI {ref['ari']:.2f}.")
+                         f"for fitting): ARI {ref['ari']:.2f}, NMI {ref['nmi']:.2f}.")
     sentences += [f"Caveat: {c}" for c in groups.get("caveats", [])]
     if not clusters:
         return sentences, None
