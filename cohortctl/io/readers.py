@@ -153,12 +153,32 @@ def _is_gzip(path: Path) -> bool:
         return fh.read(2) == b"\x1f\x8b"
 
 
+#: A gzip input may expand to GZIP_MAX_RATIO times its size, or at least GZIP_FLOOR bytes,
+#: before it is refused as a possible gzip bomb: text tables are held in memory as Python
+#: strings (about 6x their size), so a 670 KB file expanding to 200 MB took 1.3 GB.
+#: Real tables expand 3-10x (sparse 0/1 matrices up to ~100x).
+GZIP_MAX_RATIO = 200
+GZIP_FLOOR = 128 * 2**20
+
+
 def _text_lines(path: Path) -> Iterator[str]:
-    """Decoded lines of a (possibly gzip-compressed) text file."""
-    opener = gzip.open if _is_gzip(path) else open
+    """Decoded lines of a (possibly gzip-compressed) text file; a gzip file that expands
+    beyond :data:`GZIP_MAX_RATIO` x its size (and :data:`GZIP_FLOOR`) is refused."""
+    gz = _is_gzip(path)
+    opener = gzip.open if gz else open
+    limit = max(GZIP_FLOOR, GZIP_MAX_RATIO * path.stat().st_size) if gz else None
+    read = 0
     try:
         with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
-            yield from fh
+            for line in fh:
+                if limit is not None:
+                    read += len(line)
+                    if read > limit:
+                        raise InputDataError(
+                            f"{path}: expands to more than {read / 2**20:.0f} MB, over "
+                            f"{GZIP_MAX_RATIO}x its compressed size: refused as a possible "
+                            "gzip bomb (decompress it yourself to read it anyway)")
+                yield line
     except UnicodeDecodeError as exc:
         hint = "; it is a Parquet file: use --format parquet" if _head_bytes(path, 4) == b"PAR1" \
             else ""
