@@ -429,9 +429,23 @@ def simulate(
 
 
 # -- entry point ------------------------------------------------------------------------
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "--verbose", "--debug")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """``cohortctl report STORE -q`` as ``cohortctl -q report STORE``: the global flags are
+    accepted anywhere (click refused them after the subcommand with a multi-line error).
+    Nothing after ``--`` moves."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in GLOBAL_FLAGS]
+    rest = [a for a in argv[:end] if a not in GLOBAL_FLAGS]
+    return flags + rest + argv[end:]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point; returns the exit status (usage errors: 2, from typer)."""
     restore = install_interrupt_handler()
+    argv = hoist_global_flags(list(sys.argv[1:] if argv is None else argv))
     try:
         app(args=argv, prog_name="cohortctl")
     except SystemExit as exc:

@@ -114,3 +114,14 @@ def test_markdown_values_are_inert(store: Path, tmp_path: Path, cli: Callable) -
     width = len(re.findall(r"(?<!\\)\|", header))
     rows = [ln for ln in lines if ln.startswith("| site |")]
     assert rows and all(len(re.findall(r"(?<!\\)\|", ln)) == width for ln in rows)
+
+
+def test_global_flags_accepted_after_the_subcommand(store: Path, tmp_path: Path,
+                                                    cli: Callable) -> None:
+    from cohortctl.cli import hoist_global_flags
+
+    assert hoist_global_flags(["report", "S", "-q", "-o", "r.md"]) == [
+        "-q", "report", "S", "-o", "r.md"]
+    assert hoist_global_flags(["twins", "S", "--", "-q"]) == ["twins", "S", "--", "-q"]
+    res = cli("report", store, "-o", tmp_path / "r.md", "-q")
+    assert res.code == 0 and res.err == ""
