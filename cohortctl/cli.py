@@ -369,8 +369,9 @@ def assign(
     _emit(out, summary, as_json)
 
 
-@app.command(epilog="Examples:\n\n  cohortctl twins cohort TCGA-A2-A0T2 -k 10\n\n"
-             "  cohortctl twins cohort TCGA-A2-A0T2 -k 5 --include-ids --json\n\n"
+@app.command(epilog="Examples (after make demo):\n\n"
+             "  cohortctl twins out/demo/breast.cohort TCGA-A0FJ -k 10\n\n"
+             "  cohortctl twins out/demo/breast.cohort TCGA-A0FJ -k 5 --include-ids --json\n\n"
              "Without --include-ids only ranks, distances, clusters and outcome summaries over "
              "the k twins are shown, and k must be a multiple of --min-cell.\n\n" + EXIT_HELP)
 @_guarded
@@ -381,14 +382,49 @@ def twins(
     k: Annotated[int, typer.Option("-k", "--k", help="Number of twins.")] = 10,
     min_cell: Annotated[int, typer.Option(help="Small-cell threshold.")] = 5,
     include_ids: Annotated[bool, typer.Option(help="Show identifiers and per-twin rows.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (the default output is JSON too).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every number as JSON instead of the summary.")] = False,
 ) -> None:
     """The most similar patients of the cohort and how they fared (privacy rules apply)."""
     from cohortctl.twins import twins as find_twins
 
     result = find_twins(Path(store), patient_id, run=run, k=k, include_ids=include_ids,
                         min_cell=min_cell)
-    typer.echo(json.dumps(result, sort_keys=True, indent=None if as_json else 2, default=str))
+    if as_json:
+        typer.echo(json.dumps(result, sort_keys=True, default=str))
+    else:
+        typer.echo(twins_summary(patient_id, result))
+
+
+def twins_summary(patient_id: str, result: dict[str, Any]) -> str:
+    """A few lines a person reads: who the twins are (by cluster) and how they fared."""
+    q = result.get("query") or {}
+    dist = result.get("distance") or {}
+    lines = [f"{patient_id} ({q.get('cluster_name', '?')}, run {result.get('run')}): "
+             f"{result.get('k')} nearest patients, distance "
+             f"{dist.get('min', 0):.2f}-{dist.get('max', 0):.2f}."]
+    by = ", ".join(f"{c['name']}: {c['n'] if c.get('n') is not None else '*'}"
+                   for c in result.get("clusters") or [])
+    lines.append(f"By cluster: {by}.")
+    if result.get("treatment"):
+        lines.append("Treatment: " + ", ".join(
+            f"{t['treatment']}: {'*' if t.get('n_suppressed') else t['n']}"
+            for t in result["treatment"]) + ".")
+    resp = result.get("response")
+    if resp:
+        rate = resp.get("response_rate")
+        lines.append("Response: " + (f"{100 * rate:.0f}% of {resp['n_evaluated']} evaluated"
+                                     if rate is not None else "withheld (small counts)") + ".")
+    surv = result.get("survival")
+    if surv:
+        median = ("withheld" if surv.get("median_withheld") else
+                  "not reached" if not surv.get("median_reached") else f"{surv['median']:g}")
+        lines.append(f"Survival: median {median}.")
+    lines += list(result.get("notes") or [])
+    if result.get("twins") and result.get("include_ids"):
+        lines.append("Twins (rank, id, cluster, distance): " + "; ".join(
+            f"{t['rank']} {t.get('patient_id', '')} {t['cluster_name']} {t['distance']:.2f}"
+            for t in result["twins"]))
+    return "\n".join(lines)
 
 
 # -- simulate ---------------------------------------------------------------------------

@@ -147,3 +147,20 @@ def test_tampered_run_is_refused(sim_store: Path, query: str, tmp_path: Path) ->
     with pytest.raises(CohortError) as err:
         twins(copy, query)
     assert err.value.exit_code == EXIT_DATA and "checksum" in str(err.value)
+
+
+def test_cli_prints_a_summary_and_json_on_request(sim_store, capsys) -> None:
+    """The default is a few readable lines (it printed 100+ lines of JSON); --json is JSON."""
+    import json as _json
+
+    from cohortctl.cli import main
+
+    query = pl.read_parquet(next(sim_store.glob("runs/*/assignments.parquet")))["patient_id"][0]
+    capsys.readouterr()
+    assert main(["-q", "twins", str(sim_store), query, "-k", "10"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{query} (cluster") and "By cluster:" in text
+    assert len(text.strip().splitlines()) < 15
+    assert main(["-q", "twins", str(sim_store), query, "-k", "10", "--json"]) == 0
+    data = _json.loads(capsys.readouterr().out)
+    assert data["k"] == 10 and len(data["twins"]) == 10
