@@ -326,7 +326,12 @@ NOISE_QUANTILE = 0.95
 def components_above_noise(Xs: np.ndarray, kmax: int,
                            observed: np.ndarray | None = None,
                            rank_by_rank: bool = False) -> int:
-    """How many principal components stand above noise (parallel analysis, max-null).
+    """How many principal components stand above noise (parallel analysis).
+
+    ``rank_by_rank=False`` (continuous blocks): the max-null rule below.
+    ``rank_by_rank=True`` (0/1 mutation blocks): Horn's original rule, each eigenvalue
+    against the same-rank null eigenvalue; the spectrum of sparse calls has no clear bulk
+    edge, and the max-null rule kept a single component where three stood above the bulk.
 
     Every column is permuted independently, which keeps each feature's distribution
     (a mutation's frequency, a gene's skew) and destroys only the structure between

@@ -484,7 +484,7 @@ def test_lookalike_ids_normalised_or_refused(cli, tmp_path: Path, good_mrna: Pat
     ids = pl.read_csv(good_mrna)["patient_id"].to_list()
     first = ids[0]
     full_width = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in first)
-    variants = [full_width, ids[1][:1] + "\u200b" + ids[1][1:], *ids[2:]]
+    variants = [full_width, ids[1][:1] + "\u200b\u2066\ufe0f" + ids[1][1:], *ids[2:]]
     pl.DataFrame({"patient_id": variants, "age": list(range(len(ids)))}).write_parquet(
         tmp_path / "clin.parquet")
     res = cli("ingest", "-o", tmp_path / "s", "--molecular", good_mrna,
@@ -524,3 +524,9 @@ def test_gzip_bomb_refused_early(cli, tmp_path: Path, monkeypatch: pytest.Monkey
     normal = tmp_path / "mrna.csv.gz"
     normal.write_bytes(gzip.compress(good_mrna.read_bytes()))
     assert cli("ingest", "-o", tmp_path / "ok", "--molecular", normal).code == 0
+    # One endless line: counted while decompressing, not after the line is complete.
+    line = tmp_path / "line.tsv.gz"
+    with gzip.open(line, "wb", compresslevel=9) as fh:
+        fh.write(b"patient_id\t" + b"0\t" * 4_000_000)
+    res = cli("ingest", "-o", tmp_path / "s3", "--molecular", line)
+    assert_refused(res, EXIT_DATA, r"line.tsv.gz: expands to more than", tmp_path / "s3", None)

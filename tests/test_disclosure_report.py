@@ -111,7 +111,9 @@ def test_page_carries_no_patient_level_record(cohort: tuple[Path, pl.DataFrame],
     assert not weights & set(_numbers(figs))
     # The embedding is areas of >= min_cell patients of one group, never points.
     views = figs["embedding"]["embedding"]["views"]
-    assert "weight_kg" in views and "sex" in views
+    # Numeric columns get a view (rounded area medians); categorical ones do not: level
+    # totals per area would undo Table 1's complementary suppression.
+    assert "weight_kg" in views and "sex" not in views and "ethnicity" not in views
     for name, view in views.items():
         counts = [int(m.group(1)) for t in view["data"] for s in t["text"]
                   if (m := re.search(r": (\d+) patients in this area", s))]
@@ -158,6 +160,14 @@ def test_one_event_cluster_gives_nothing_back(cohort: tuple[Path, pl.DataFrame])
     assert surv["logrank"]["statistic"] is None and surv["logrank"]["p"] is None
     table = rep.tables["survival"].filter(pl.col("cluster") == one["name"])
     assert table["HR (95% CI)"].item() == "*" and table["events"].item() == "*"
+    # No numbers-at-risk row for it: its drops would give the withheld events back; in the
+    # other rows, two shown numbers differ by 0 or by at least min-cell patients.
+    at_risk = rep.tables["km_at_risk"]
+    assert one["name"] not in at_risk["group"].to_list()
+    for row in at_risk.iter_rows():
+        shown = [int(v) for v in row[1:] if v != "–"]
+        drops = [a - b for a, b in zip(shown[:-1], shown[1:], strict=True)]
+        assert all(d == 0 or d >= MIN_CELL for d in drops)
     # The forest plot draws only the published ratios.
     drawn = rep.figures["hazard_ratios"]["data"][0]["y"]
     assert one["name"] not in drawn and len(drawn) >= 1

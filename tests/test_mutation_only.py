@@ -72,3 +72,14 @@ def test_calls_are_centred_not_scaled() -> None:
                        "rare": X[:, 1]})
     model = BlockModel(name="calls", kind="genetic").fit(df, FeatureSettings(min_mutated=3))
     assert model.scale == [1.0, 1.0]
+
+
+def test_min_cluster_size_is_refused_on_mutation_calls_alone(tmp_path: Path) -> None:
+    """It used to give one group silently (no k-means candidate with a fixed size)."""
+    import pytest
+
+    from cohortctl.errors import UsageError
+
+    _truth, X = _planted(np.random.default_rng(24))
+    with pytest.raises(UsageError, match="--min-cluster-size"):
+        cluster(_store(tmp_path, X), ClusterOptions(min_cluster_size=10))

@@ -125,3 +125,11 @@ def test_global_flags_accepted_after_the_subcommand(store: Path, tmp_path: Path,
     assert hoist_global_flags(["twins", "S", "--", "-q"]) == ["twins", "S", "--", "-q"]
     res = cli("report", store, "-o", tmp_path / "r.md", "-q")
     assert res.code == 0 and res.err == ""
+
+
+def test_markdown_text_lines_cannot_start_a_heading_quote_or_list() -> None:
+    from cohortctl.report.markdown import _line
+
+    assert _line("# x: levels pooled") == "\\# x: levels pooled"
+    assert _line(">quote").startswith("\\>") and _line("- a").startswith("\\-")
+    assert _line("12. x") == "12\\. x" and _line("-0.5 is a value") == "-0.5 is a value"

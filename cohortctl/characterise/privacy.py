@@ -46,8 +46,9 @@ cohort total is public, so a "<5" beside them would pretend a protection the tot
 What is protected is every count of patients *with an attribute* (a level, an event, a
 mutation, a response, missing data within a cluster). Consequently a
 displayed number of analysed patients (survival, response, mutation data) would reveal the
-number of patients of that cluster lacking the data; by default (``protect_missing=True``)
-that number is protected like any other count.
+number of patients of that cluster lacking the data; the functions' default
+(``protect_missing=True``) protects that number like any other count, while the report's
+:class:`DisclosurePolicy` publishes it (``protect_missing=False``: structural).
 """
 
 from __future__ import annotations

@@ -229,6 +229,10 @@ def _run_method(integ: Integrated, scores: dict[str, tuple[list[str], np.ndarray
                 alternatives: dict[str, np.ndarray],
                 models: dict[str, BlockModel]) -> methods.ClusterResult:
     Z = integ.matrix
+    if opts.method == "auto" and opts.min_cluster_size and discrete_only(models):
+        raise UsageError("--min-cluster-size sets HDBSCAN's size, but a cohort of mutation "
+                         "calls alone is clustered with k-means candidates: use --method "
+                         "hdbscan --min-cluster-size N, or --method kmeans --k K")
     if opts.method in ("auto", "hdbscan"):
         return methods.auto_cluster(
             Z, seed=opts.seed, bootstrap=opts.bootstrap, fixed_mcs=opts.min_cluster_size,
@@ -272,7 +276,7 @@ def _null_cohort(integ: Integrated, models: dict[str, BlockModel]) -> methods.Nu
 
     Continuous blocks: Gaussian with the block's mean and covariance in the clustered space
     (no groups, but the same elongation: a continuum is not mistaken for groups). Discrete
-    blocks (mutations): each standardised feature permuted on its own, projected by the
+    blocks (mutations): each centred feature permuted on its own, projected by the
     block's PCA and rescaled to the clustered space's spread: the values stay discrete (a
     few recurrent mutations make islands of identical patients, which are not groups
     either) while the co-occurrence between features is destroyed. Blocks are drawn
@@ -294,10 +298,11 @@ def _null_cohort(integ: Integrated, models: dict[str, BlockModel]) -> methods.Nu
                                     for j in range(sample.shape[1])])
             block = models[name]._scores(perm)
             if whole:
-                # Mutation calls alone, every component kept: the permuted calls as they
-                # are (same mutation frequencies, no co-occurrence). Matching each
-                # component's spread to the real one would give the null the real data's
-                # co-occurrence spectrum back, which *is* the grouping here.
+                # Mutation calls alone (every component kept under the default
+                # --components noise): the permuted calls as they are (same mutation
+                # frequencies, no co-occurrence). Matching each component's spread to the
+                # real one would give the null the real data's co-occurrence spectrum back,
+                # which *is* the grouping here.
                 out[:, s0:s1] = block
                 continue
             spread = block.std(axis=0)

@@ -16,6 +16,7 @@ comment lines are not counted), so it is the same for a CSV and the Parquet it b
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import math
 import re
@@ -23,6 +24,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -161,24 +163,44 @@ GZIP_MAX_RATIO = 200
 GZIP_FLOOR = 128 * 2**20
 
 
+class _LimitedReader(io.RawIOBase):
+    """A decompressing stream that stops at ``limit`` bytes, *before* handing them on: a
+    single 400 MB line in a 400 KB file would otherwise be decompressed whole first."""
+
+    def __init__(self, inner: Any, limit: int, path: Path) -> None:
+        self.inner, self.limit, self.path, self.read_bytes = inner, limit, path, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self.inner.readinto(buffer)
+        self.read_bytes += n or 0
+        if self.read_bytes > self.limit:
+            raise InputDataError(
+                f"{self.path}: expands to more than {self.read_bytes / 2**20:.0f} MB, over "
+                f"{GZIP_MAX_RATIO}x its compressed size: refused as a possible gzip bomb "
+                "(decompress it yourself to read it anyway)")
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
 def _text_lines(path: Path) -> Iterator[str]:
     """Decoded lines of a (possibly gzip-compressed) text file; a gzip file that expands
     beyond :data:`GZIP_MAX_RATIO` x its size (and :data:`GZIP_FLOOR`) is refused."""
     gz = _is_gzip(path)
-    opener = gzip.open if gz else open
-    limit = max(GZIP_FLOOR, GZIP_MAX_RATIO * path.stat().st_size) if gz else None
-    read = 0
     try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:  # type: ignore[operator]
-            for line in fh:
-                if limit is not None:
-                    read += len(line)
-                    if read > limit:
-                        raise InputDataError(
-                            f"{path}: expands to more than {read / 2**20:.0f} MB, over "
-                            f"{GZIP_MAX_RATIO}x its compressed size: refused as a possible "
-                            "gzip bomb (decompress it yourself to read it anyway)")
-                yield line
+        if gz:
+            limit = max(GZIP_FLOOR, GZIP_MAX_RATIO * path.stat().st_size)
+            raw = _LimitedReader(gzip.open(path, "rb"), limit, path)  # noqa: SIM115 - closed with fh
+            fh = io.TextIOWrapper(io.BufferedReader(raw), encoding="utf-8-sig", newline="")
+        else:
+            fh = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+        with fh:
+            yield from fh
     except UnicodeDecodeError as exc:
         hint = "; it is a Parquet file: use --format parquet" if _head_bytes(path, 4) == b"PAR1" \
             else ""
@@ -292,7 +314,7 @@ def infer_types(df: pl.DataFrame, keep_text: Sequence[str] = ()) -> pl.DataFrame
         return df
     # Frame-wide casts first (a 100,000-column table took 21 s column by column); only
     # the columns that are not all-integer or all-float go through _infer_column.
-    if len(text) >= WIDE_COLUMNS and len(text) > 4 * df.height:
+    if len(text) >= WIDE_COLUMNS and df.height > 0 and len(text) > 4 * df.height:
         return _infer_wide(df, text)
     present = df.select(pl.col(text).is_not_null().sum()).row(0)
     as_int = df.select(pl.col(text).cast(pl.Int64, strict=False))
@@ -527,7 +549,8 @@ def normalise_ids(ids: pl.Series, path: Path, column: str, tcga: bool | None) ->
 
 
 #: Invisible format characters removed from IDs (Unicode category Cf in common use).
-_ID_FORMAT_CHARS = "[\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]"
+_ID_FORMAT_CHARS = r"[\p{Cf}\x{034f}\x{fe00}-\x{fe0f}]"  # format chars (bidi isolates and
+# tags too), the grapheme joiner and variation selectors: invisible, so never part of an ID
 #: Cyrillic and Greek letters drawn like Latin ones (Unicode confusables, the common set).
 _CONFUSABLE = str.maketrans(
     "АВЕКМНОРСТХаеорсухіјѕԁԛԝΑΒΕΖΗΙΚΜΝΟΡΤΥΧαιοκνρτυχ",

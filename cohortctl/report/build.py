@@ -279,12 +279,11 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
         _add_table(rep, sec, "selection_scores", "Score of every setting tried",
                    _selection_table(scores))
     cons = metrics.get("consensus")
-    reference = _reference_agreement(assignments, clinical, roles)
+    reference = _reference_agreement(assignments, clinical, roles, layout.shown)
     if reference:
         _add_text(sec, "Agreement with reference labelling (never used for fitting): " + "; ".join(
-            f"{r['column']}: ARI {r['ari']:.3f}, NMI {r['nmi']:.3f}" for r in reference)
-            + ". The cluster x reference counts are in Table 1; the embedding can be coloured "
-              "by the reference column.")
+            f"{r['column']}: ARI {r['ari']:.2f}, NMI {r['nmi']:.2f}" for r in reference)
+            + " (displayed groups). The cluster x reference counts are in Table 1.")
     fig, hover_cols = _embedding_figure(assignments, layout, clinical, roles, min_cell)
     if fig:
         _add_figure(rep, sec, "embedding", "Embedding (2-D view of the clustered space)", fig)
@@ -326,7 +325,7 @@ def selection_caveats(selected: dict[str, Any], clusters: list[dict[str, Any]]) 
 
 
 def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | None,
-                         roles: dict[str, Any]) -> list[dict[str, Any]]:
+                         roles: dict[str, Any], shown: list[int]) -> list[dict[str, Any]]:
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
     out = []
@@ -336,15 +335,17 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
         if col not in clinical.columns:
             continue
         j = assignments.join(clinical.select("patient_id", col), on="patient_id", how="inner")
-        j = j.filter(pl.col(col).is_not_null())
+        # Displayed groups only, and 2 decimals: with Table 1's counts public, a precise
+        # index over folded patients would pin how they split across the labels.
+        j = j.filter(pl.col(col).is_not_null() & pl.col("cluster").is_in(shown))
         if j.height < 2:
             continue
         ref, found = j[col].cast(pl.String).to_list(), j["cluster"].to_list()
         ari = adjusted_rand_score(ref, found)
         nmi = normalized_mutual_info_score(ref, found)
-        out.append({"column": col, "patients": j.height, "ari": round(float(ari), 4),
-                    "nmi": round(float(nmi), 4),
-                    "note": "unassigned patients (-1) count as one more group"})
+        out.append({"column": col, "patients": j.height, "ari": round(float(ari), 2),
+                    "nmi": round(float(nmi), 2),
+                    "note": "patients of the displayed groups (unassigned: one more group)"})
     return out
 
 
@@ -400,11 +401,10 @@ def _selection_figure(scores: list[dict[str, Any]], selected: dict[str, Any]) ->
 def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,
                       clinical: pl.DataFrame | None, roles: dict[str, Any], min_cell: int
                       ) -> tuple[dict[str, Any] | None, list[str]]:
-    """Binned views of the embedding (:mod:`cohortctl.report.embedding`): by cluster and by
-    each clinical column Table 1 may show. No view carries a patient-level value.
-
-    Folded (small) groups are not drawn; categorical levels with fewer than ``min_cell``
-    patients are pooled as "other" (with missing, if still small).
+    """Binned views of the embedding (:mod:`cohortctl.report.embedding`): by cluster, and
+    by each numeric clinical column (an area's rounded median). No view carries a
+    patient-level value; folded (small) groups are not drawn. Categorical columns get no
+    view: level totals per area would undo Table 1's suppression.
     """
     df = assignments.filter(~pl.col("cluster").is_in(sorted(layout.suppressed)))
     if df.height == 0:
@@ -419,38 +419,18 @@ def _embedding_figure(assignments: pl.DataFrame, layout: ClusterLayout,
                       if c not in excluded and not looks_like_id_name(c)]
         joined = df.select("patient_id").join(clinical, on="patient_id", how="left",
                                               maintain_order="left")
-        for c in candidates[:MAX_VIEW_COLUMNS]:
-            s = joined[c]
-            if s.dtype.is_numeric() and s.n_unique() > MAX_LEVELS:
-                values = s.cast(pl.Float64).fill_null(np.nan).to_numpy()
-                views[c] = emb.figure(*emb.binned_areas(x, y, np.array(["all"] * df.height),
-                                                        min_cell, values),
-                                      title=c, palette=PALETTE, numeric=True)
-                continue
-            levels = _pooled_levels(s.cast(pl.String).to_list(), min_cell)
-            if levels is not None:
-                views[c] = emb.figure(*emb.binned_areas(x, y, np.array(levels), min_cell),
-                                      title=c, palette=PALETTE)
+        # Numeric columns only. Categorical columns get no view: areas per level would
+        # publish level totals that Table 1 withholds (its complementary suppression
+        # assumes them hidden); their distribution per cluster is in Table 1.
+        numeric = [c for c in candidates if joined[c].dtype.is_numeric()
+                   and joined[c].n_unique() > MAX_LEVELS]
+        for c in numeric[:MAX_VIEW_COLUMNS]:
+            values = joined[c].cast(pl.Float64).fill_null(np.nan).to_numpy()
+            views[c] = emb.figure(*emb.binned_areas(x, y, np.array(["all"] * df.height),
+                                                    min_cell, values),
+                                  title=c, palette=PALETTE, numeric=True)
     return {"embedding": {"views": views, "drawn": df.height}}, [v for v in views if
                                                                  v != "cluster"]
-
-
-def _pooled_levels(text: list[str | None], min_cell: int) -> list[str] | None:
-    """Levels with fewer than ``min_cell`` patients pooled as "other" (and with missing
-    when "other" is still small); None when too many levels or a pool stays small."""
-    counts: dict[str, int] = {}
-    for v in text:
-        counts[str(v)] = counts.get(str(v), 0) + 1
-    if len(counts) > MAX_LEVELS:
-        return None
-    small = {v for v, n in counts.items() if n < min_cell}
-    vals = ["other" if str(v) in small else ("missing" if v is None else v) for v in text]
-    n_other = vals.count("other")
-    if 0 < n_other < min_cell:
-        vals = ["other/missing" if v in ("other", "missing") else v for v in vals]
-        if 0 < vals.count("other/missing") < min_cell:
-            return None
-    return vals
 
 
 def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
@@ -572,13 +552,21 @@ def _at_risk_table(df: pl.DataFrame, clusters: list[dict[str, Any]],
     times = [i * step for i in range(AT_RISK_TIMES) if i * step <= max(reach)]
     rows = []
     for c in clusters:
+        if c.get("n_suppressed") or c.get("events_suppressed"):
+            continue  # its at-risk numbers would give the withheld counts back
         t = t_all[cl == c["cluster"]]
         row = {"group": c["name"]}
+        last: int | None = None
         for x in times:
             n = int((t >= x).sum())
-            row[f"{x:g}"] = ("–" if c.get("n_suppressed") or n < min_cell else str(n))
+            # Between two shown numbers at least min_cell patients left the risk set: a
+            # smaller drop would publish a small count of deaths or censorings.
+            shown = n >= min_cell and (last is None or last - n == 0 or last - n >= min_cell)
+            row[f"{x:g}"] = str(n) if shown else "–"
+            if shown:
+                last = n
         rows.append(row)
-    return pl.DataFrame(rows)
+    return pl.DataFrame(rows) if rows else None
 
 
 def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",

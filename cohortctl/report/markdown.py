@@ -16,6 +16,20 @@ _TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")  # "<0.001" stays readable; "<script
 _ENTITY = re.compile(r"&(?=#?\w+;)")
 
 
+_LINE_START = re.compile(r"^(\s*)(>|(?:#{1,6}|[*+-]|\d+[.)])(?=\s|$))")  # heading/quote/list
+
+
+def _line(v: object) -> str:
+    """A text item as one inert paragraph: :func:`_text`, and a leading ``#``, ``>``,
+    list or number marker escaped (a column named ``# x`` would make a heading)."""
+    def escape(m: re.Match[str]) -> str:
+        mark = m.group(2)
+        return m.group(1) + (mark[:-1] + "\\" + mark[-1] if mark[0].isdigit()
+                             else "\\" + mark)
+
+    return _LINE_START.sub(escape, _text(v), count=1)
+
+
 def _text(v: object) -> str:
     """A value from the data as inert Markdown: no HTML tag or entity (``<script>``,
     ``<img onerror>``), no line break (a ``\\r`` broke out of a table and injected a
@@ -43,7 +57,7 @@ def render_markdown(rep: Report) -> str:
             lines += [f"_{_text(sec['note'])}_", ""]
         for item in sec["items"]:
             if item["type"] == "text":
-                lines += [_text(item["text"]), ""]
+                lines += [_line(item["text"]), ""]
             elif item["type"] == "table":
                 df = rep.tables[item["name"]]
                 if df.width == 0:

@@ -96,11 +96,12 @@ def summarise(data: dict[str, Any]) -> tuple[list[str], pl.DataFrame | None]:
         sentences.append(f"{len(clusters)} groups among {total} clustered patients{how}.")
     unassigned = groups.get("unassigned") or 0
     folded = groups.get("not_clustered_or_withheld")
+    if unassigned and not any(c.get("cluster") == -1 for c in groups.get("clusters", [])
+                              if c.get("suppressed")):
+        sentences.append(f"{_patients(unassigned)} unassigned (shown as their own group).")
     if folded:
         sentences.append(f"{_patients(folded)} not clustered or in groups too small to "
                          "report.")
-    elif unassigned:
-        sentences.append(f"{_patients(unassigned)} unassigned.")
     for ref in groups.get("reference_agreement") or []:
         sentences.append(f"Agreement with the reference labelling {ref['column']} (never used "
                          f"for fitting): ARI {ref['ari']:.2f}, NMI {ref['nmi']:.2f}.")
