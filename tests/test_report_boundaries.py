@@ -133,3 +133,18 @@ def test_markdown_text_lines_cannot_start_a_heading_quote_or_list() -> None:
     assert _line("# x: levels pooled") == "\\# x: levels pooled"
     assert _line(">quote").startswith("\\>") and _line("- a").startswith("\\-")
     assert _line("12. x") == "12\\. x" and _line("-0.5 is a value") == "-0.5 is a value"
+
+
+def test_figure_labels_from_the_data_carry_no_markup() -> None:
+    """Plotly renders <a href>, <b>, ... in labels; a treatment or feature name from the data
+    must stay text, while the report's own <br> and <extra> keep working."""
+    from cohortctl.report.html import _inert_labels
+
+    fig = {"data": [{"name": '<a href="https://evil">arm</a>', "x": ["<b>g1</b>", 1.5],
+                     "text": ["cluster 0: 7 patients in this area<br>median 3"],
+                     "hovertemplate": "%{y}: %{x}<extra></extra>"}]}
+    out = _inert_labels(fig)["data"][0]
+    assert out["name"] == '&lt;a href="https://evil">arm&lt;/a>'
+    assert out["x"] == ["&lt;b>g1&lt;/b>", 1.5]
+    assert out["text"] == fig["data"][0]["text"]
+    assert out["hovertemplate"] == fig["data"][0]["hovertemplate"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -27,6 +28,23 @@ def _script_json(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+#: Plotly renders a small HTML subset in labels (``<a href>``, ``<b>``...): a value from the
+#: data (a treatment or feature name) must not become a link. Only the tags the report's
+#: own figures use stay markup; every other ``<`` becomes ``&lt;`` (Plotly shows ``<``).
+_NOT_OUR_TAG = re.compile(r"<(?!br>|/?extra>)")
+
+
+def _inert_labels(obj: Any) -> Any:
+    """Every string of the figures with data-borne markup neutralised (see above)."""
+    if isinstance(obj, str):
+        return _NOT_OUR_TAG.sub("&lt;", obj)
+    if isinstance(obj, dict):
+        return {k: _inert_labels(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_inert_labels(v) for v in obj]
+    return obj
+
+
 def render_html(rep: Report) -> str:
     """Render the report as one HTML document that opens offline."""
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
@@ -45,6 +63,6 @@ def render_html(rep: Report) -> str:
         sections=rep.sections, tables=tables, data=rep.data, groups=groups,
         min_cell=rep.data.get("min_cell", 5),
         version=__version__, figures_json=jinja2.utils.markupsafe.Markup(
-            _script_json(rep.figures)),
+            _script_json(_inert_labels(to_jsonable(rep.figures)))),
         plotly_js=jinja2.utils.markupsafe.Markup(_plotly_js().replace("</script", "<\\/script")),
     )
