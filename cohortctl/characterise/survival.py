@@ -264,7 +264,9 @@ class SurvivalByCluster:
 
     ``summary`` (display): per cluster n, events, median (95% CI), HR (95% CI), p.
     ``curves``: long-format plotting table (cluster, group, time, survival, ci_lower, ci_upper,
-    at_risk). ``clusters``/``logrank``/``cox`` hold the raw numbers.
+    at_risk). ``at_risk``: numbers at risk per cluster at evenly spaced times (display,
+    protected; see :func:`at_risk_table`). ``clusters``/``logrank``/``cox`` hold the raw
+    numbers.
     """
 
     summary: pl.DataFrame
@@ -276,6 +278,7 @@ class SurvivalByCluster:
     layout: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     min_cell: int = 5
+    at_risk: pl.DataFrame | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable raw numbers (suppressed values are ``None`` + flag)."""
@@ -363,6 +366,39 @@ def _cox(data: pl.DataFrame, tested: list[int], events: dict[int, int]) -> dict[
         notes.append("the Cox fit reported convergence warnings; interpret with care")
     res["note"] = ("; ".join(notes) + ".") if notes else None
     return res
+
+
+AT_RISK_TIMES = 6  # columns of the numbers-at-risk table
+
+
+def at_risk_table(time: np.ndarray, cluster: np.ndarray, clusters: list[int],
+                  min_cell: int) -> pl.DataFrame | None:
+    """Numbers at risk of ``clusters`` (analysed patients) at evenly spaced times.
+
+    Protected like any count: no number below ``min_cell`` (the row ends, as the curve
+    does), and no two shown numbers between which fewer than ``min_cell`` patients left the
+    risk set (that drop would be a small count of deaths or censorings). Callers leave out
+    clusters whose analysed n or events are withheld: their drops would give them back.
+    """
+    groups = {k: time[cluster == k] for k in clusters}
+    reach = [np.sort(t)[-min_cell] for t in groups.values() if t.size >= min_cell]
+    if not reach or max(reach) <= 0:
+        return None
+    step = float(f"{max(reach) / (AT_RISK_TIMES - 1):.1g}")
+    times = [i * step for i in range(AT_RISK_TIMES) if i * step <= max(reach)]
+    rows = []
+    for k, t in groups.items():
+        row = {"group": cluster_name(k)}
+        last: int | None = None
+        for x in times:
+            n = int((t >= x).sum())
+            drop = 0 if last is None else last - n
+            publish = n >= min_cell and (drop == 0 or drop >= min_cell)
+            row[f"{x:g}"] = str(n) if publish else NOT_SHOWN
+            if publish:
+                last = n
+        rows.append(row)
+    return pl.DataFrame(rows)
 
 
 def survival_by_cluster(
@@ -540,9 +576,12 @@ def survival_by_cluster(
             + ", ".join(cluster_name(k) for k, ns in zip(shown, n_sup_l, strict=True) if ns)
             + " (it would reveal a small count)."
         )
+    hidden_rows = {k for j, k in enumerate(shown) if n_sup_l[j] or e_sup_l[j]}
+    at_risk = at_risk_table(t_all, cl, [k for k in shown if k not in hidden_rows], min_cell)
     return SurvivalByCluster(
         summary=summary,
         curves=curves_df,
+        at_risk=at_risk,
         clusters=clusters_raw,
         logrank=logrank,
         cox=cox,

@@ -482,9 +482,8 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     time_label = f"time ({roles['time']})"
     _add_figure(rep, sec, "km", "Kaplan–Meier by cluster",
                 _km_figure(res.curves, "group", time_label=time_label))
-    at_risk = _at_risk_table(df, res.clusters, min_cell)
-    if at_risk is not None:
-        _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", at_risk)
+    if res.at_risk is not None:
+        _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", res.at_risk)
     _add_table(rep, sec, "survival", "Median survival and hazard ratios", res.summary)
     forest = _forest_figure(res.cox)
     if forest is not None:
@@ -528,45 +527,6 @@ def _forest_figure(cox: dict[str, Any]) -> dict[str, Any] | None:
                    "yaxis": {"automargin": True, "autorange": "reversed"},
                    "shapes": [{"type": "line", "x0": 1, "x1": 1, "y0": 0, "y1": 1,
                                "yref": "paper", "line": {"dash": "dot", "color": "#555"}}]}}
-
-
-AT_RISK_TIMES = 6  # columns of the numbers-at-risk table
-
-
-def _at_risk_table(df: pl.DataFrame, clusters: list[dict[str, Any]],
-                   min_cell: int) -> pl.DataFrame | None:
-    """Numbers at risk per displayed cluster at evenly spaced times (analysed patients:
-    valid time and event). A number below ``min_cell`` is never shown: the row ends there
-    ("–"), as its curve does; a cluster whose analysed size is withheld shows none."""
-    ok = df.filter(pl.col("time").cast(pl.Float64, strict=False).is_finite()
-                   & (pl.col("time").cast(pl.Float64, strict=False) >= 0)
-                   & pl.col("event").is_not_null())
-    t_all = ok["time"].cast(pl.Float64).to_numpy()
-    cl = ok["cluster"].to_numpy()
-    shown = [c for c in clusters if not c.get("n_suppressed")]
-    reach = [np.sort(t_all[cl == c["cluster"]])[-min_cell] for c in shown
-             if (cl == c["cluster"]).sum() >= min_cell]
-    if not reach or max(reach) <= 0:
-        return None
-    step = float(f"{max(reach) / (AT_RISK_TIMES - 1):.1g}")
-    times = [i * step for i in range(AT_RISK_TIMES) if i * step <= max(reach)]
-    rows = []
-    for c in clusters:
-        if c.get("n_suppressed") or c.get("events_suppressed"):
-            continue  # its at-risk numbers would give the withheld counts back
-        t = t_all[cl == c["cluster"]]
-        row = {"group": c["name"]}
-        last: int | None = None
-        for x in times:
-            n = int((t >= x).sum())
-            # Between two shown numbers at least min_cell patients left the risk set: a
-            # smaller drop would publish a small count of deaths or censorings.
-            shown = n >= min_cell and (last is None or last - n == 0 or last - n >= min_cell)
-            row[f"{x:g}"] = str(n) if shown else "–"
-            if shown:
-                last = n
-        rows.append(row)
-    return pl.DataFrame(rows) if rows else None
 
 
 def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
