@@ -380,9 +380,13 @@ def _params(opts: ClusterOptions, result: methods.ClusterResult,
         for name, m in models.items()
     }
     d["versions"] = version_info()
-    rule = ("components above the permutation noise floor (parallel analysis, max-null)"
-            if opts.features.components == "noise" else
-            f"components to {opts.features.variance:.0%} variance")
+    if opts.features.components != "noise":
+        rule = f"components to {opts.features.variance:.0%} variance"
+    elif discrete_only(models):
+        rule = "every component of the centred mutation calls (Hamming geometry)"
+    else:
+        rule = ("components above the permutation noise floor (parallel analysis: max-null; "
+                "same-rank for 0/1 blocks)")
     # auto/hdbscan name the space they clustered; K methods use the setting (auto: variance).
     used = result.chosen.get("space",
                              "equal" if opts.features.component_weight == "equal" else "variance")

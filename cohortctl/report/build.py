@@ -559,9 +559,12 @@ def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
 def _km_facets(curves: pl.DataFrame) -> dict[str, Any]:
     clusters = curves["cluster"].unique(maintain_order=True).to_list()
     data: list[dict[str, Any]] = []
-    layout: dict[str, Any] = {"height": 320, "grid": {"rows": 1, "columns": len(clusters),
+    # Legend above the panels: below them it covered the "cluster k" axis titles.
+    layout: dict[str, Any] = {"height": 340, "grid": {"rows": 1, "columns": len(clusters),
                                                       "pattern": "independent"},
-                              "annotations": []}
+                              "annotations": [], "margin": {"t": 50},
+                              "legend": {"orientation": "h", "x": 0, "y": 1.02,
+                                         "yanchor": "bottom"}}
     for i, k in enumerate(clusters, start=1):
         sub = curves.filter(pl.col("cluster") == k).with_columns(
             pl.col("treatment").cast(pl.String))
