@@ -100,6 +100,11 @@ class _Table:
     id_source: str | None = None
 
     @property
+    def ids(self) -> pl.Series:
+        """The table's patient IDs (of the frame, or of the streamed table's plan)."""
+        return self.frame["patient_id"] if self.frame is not None else self.stream["ids"]  # type: ignore[index]
+
+    @property
     def columns(self) -> list[str]:
         """Stored columns besides ``patient_id``."""
         if self.frame is not None:
@@ -736,8 +741,7 @@ def pseudonym(key: bytes, patient_id: str) -> str:
 def _pseudonymise(tables: list[_Table], key: bytes) -> None:
     mapping: dict[str, str] = {}
     for t in tables:
-        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
-        for pid in ids.to_list():
+        for pid in t.ids.to_list():
             mapping.setdefault(pid, pseudonym(key, pid))
     if len(set(mapping.values())) != len(mapping):
         raise InputDataError("pseudonym collision; use a different key")
@@ -754,8 +758,7 @@ def _check_lookalike_ids(tables: list[_Table]) -> None:
     two. Within a table :func:`readers.check_unique_ids` does the same."""
     seen: dict[str, tuple[str, Path]] = {}
     for t in tables:
-        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
-        for pid in ids.unique().to_list():
+        for pid in t.ids.unique().to_list():
             key = readers.id_skeleton(pid)
             other = seen.setdefault(key, (pid, t.source))
             if other[0] != pid:
@@ -775,9 +778,8 @@ def _overlap(tables: list[_Table]) -> dict[str, Any]:
     sets: dict[str, set[str]] = {}
     sources: dict[str, Path] = {}
     for t in tables:
-        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
         key = f"{t.kind}:{t.name}"
-        sets[key] = set(ids.to_list())
+        sets[key] = set(t.ids.to_list())
         sources[key] = t.source
     feature_keys = [k for k in sets if k.split(":")[0] in ("genetic", "molecular")]
     feature_sets = [sets[k] for k in feature_keys]
@@ -809,7 +811,7 @@ def _check_cohort_size(tables: list[_Table]) -> None:
     for t in tables:
         if t.kind not in ("genetic", "molecular"):
             continue
-        ids = t.frame["patient_id"] if t.frame is not None else t.stream["ids"]  # type: ignore[index]
+        ids = t.ids
         if ids.len() < MIN_TABLE_PATIENTS:
             raise InputDataError(
                 f"{t.source}: only {ids.len()} patient(s); a {t.kind} table needs at least "
