@@ -677,9 +677,7 @@ def finish(labels: np.ndarray, space: np.ndarray, runs: list[stability.BootRun],
 def _k_labels(method: str, X: np.ndarray, k: int, seed: int,
               affinity: np.ndarray | None = None) -> np.ndarray:
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(X)
+        return _kmeans(X, k, seed)
     if method == "ward":
         from sklearn.cluster import AgglomerativeClustering
 
