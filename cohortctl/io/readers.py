@@ -314,52 +314,49 @@ def infer_types(df: pl.DataFrame, keep_text: Sequence[str] = ()) -> pl.DataFrame
         return df
     # Frame-wide casts first (a 100,000-column table took 21 s column by column); only
     # the columns that are not all-integer or all-float go through _infer_column.
-    if len(text) >= WIDE_COLUMNS and df.height > 0 and len(text) > 4 * df.height:
-        return _infer_wide(df, text)
-    present = df.select(pl.col(text).is_not_null().sum()).row(0)
+    wide = len(text) >= WIDE_COLUMNS and df.height > 0 and len(text) > 4 * df.height
+    present, n_int, n_float, as_int, as_float = (_casts_on_transpose if wide else _casts)(df, text)
+    ints = [c for c, n, ni in zip(text, present, n_int, strict=True) if n and ni == n]
+    floats = [c for c, n, ni, nf in zip(text, present, n_int, n_float, strict=True)
+              if n == 0 or (ni != n and nf == n)]
+    done = set(ints) | set(floats)
+    rest = [_infer_column(df[c]) for c in text if c not in done]
+    parts = [df.drop(text), as_int.select(ints), as_float.select(floats)]
+    return pl.concat([*parts, pl.DataFrame(rest)] if rest else parts,
+                     how="horizontal").select(df.columns)
+
+
+Casts = tuple[list[int], list[int], list[int], pl.DataFrame, pl.DataFrame]
+
+
+def _casts(df: pl.DataFrame, text: list[str]) -> Casts:
+    """Per ``text`` column the non-missing cells, and how many of them parse as Int64 and
+    as Float64; with the columns so cast."""
     as_int = df.select(pl.col(text).cast(pl.Int64, strict=False))
     as_float = df.select(pl.col(text).str.strip_chars().cast(pl.Float64, strict=False))
-    n_int = as_int.select(pl.all().is_not_null().sum()).row(0)
-    n_float = as_float.select(pl.all().is_not_null().sum()).row(0)
-    typed: dict[str, pl.Series] = {}
-    for c, n, ni, nf in zip(text, present, n_int, n_float, strict=True):
-        if n == 0:
-            typed[c] = df[c].cast(pl.Float64)
-        elif ni == n:
-            typed[c] = as_int[c]
-        elif nf == n:
-            typed[c] = as_float[c]
-        else:
-            typed[c] = _infer_column(df[c])
-    return df.with_columns(list(typed.values()))
+
+    def counts(frame: pl.DataFrame) -> list[int]:
+        return list(frame.select(pl.all().is_not_null().sum()).row(0))
+
+    return counts(df.select(text)), counts(as_int), counts(as_float), as_int, as_float
 
 
-WIDE_COLUMNS = 1000  # from this many text columns (and 4 x more than rows): _infer_wide
+WIDE_COLUMNS = 1000  # from this many text columns (and 4 x more than rows): on the transpose
 
 
-def _infer_wide(df: pl.DataFrame, text: list[str]) -> pl.DataFrame:
-    """:func:`infer_types` for a short, wide table: on the transpose, where every original
-    column is a row, so each cast is a handful of column operations instead of one per
-    column (100,000 columns x 10 rows: 4 s -> 0.4 s). Same rules, same result."""
+def _casts_on_transpose(df: pl.DataFrame, text: list[str]) -> Casts:
+    """:func:`_casts` for a short, wide table: on the transpose, where every original
+    column is a row, so each cast or count is a handful of column operations instead of
+    one per column (100,000 columns x 10 rows: 4 s -> 0.4 s). Same result."""
     wide = df.select(text).transpose()
-    present = wide.select(pl.sum_horizontal(pl.all().is_not_null())).to_series().to_list()
     ints = wide.select(pl.all().cast(pl.Int64, strict=False))
     floats = wide.select(pl.all().str.strip_chars().cast(pl.Float64, strict=False))
-    n_int = ints.select(pl.sum_horizontal(pl.all().is_not_null())).to_series().to_list()
-    n_float = floats.select(pl.sum_horizontal(pl.all().is_not_null())).to_series().to_list()
-    as_int = [c for c, n, ni in zip(text, present, n_int, strict=True) if n and ni == n]
-    as_float = [c for c, n, ni, nf in zip(text, present, n_int, n_float, strict=True)
-                if n == 0 or (ni != n and nf == n)]
-    done = set(as_int) | set(as_float)
-    parts = [df.drop(text)]
-    if as_int:
-        parts.append(ints.transpose(column_names=text).select(as_int))
-    if as_float:
-        parts.append(floats.transpose(column_names=text).select(as_float))
-    rest = [_infer_column(df[c]) for c in text if c not in done]
-    if rest:
-        parts.append(pl.DataFrame(rest))
-    return pl.concat(parts, how="horizontal").select(df.columns)
+
+    def counts(frame: pl.DataFrame) -> list[int]:
+        return frame.select(pl.sum_horizontal(pl.all().is_not_null())).to_series().to_list()
+
+    return (counts(wide), counts(ints), counts(floats),
+            ints.transpose(column_names=text), floats.transpose(column_names=text))
 
 
 _BOOL_TRUE = {"true", "t", "yes", "y"}
