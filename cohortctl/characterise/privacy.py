@@ -88,6 +88,7 @@ __all__ = [
     "DisclosurePolicy",
     "LinearSuppression",
     "NestedSuppression",
+    "Release",
     "Suppression",
     "check_min_cell",
     "cluster_name",
@@ -95,6 +96,7 @@ __all__ = [
     "format_number",
     "format_percent",
     "join_labels",
+    "protect_nested",
     "small_clusters",
     "suppress_linear",
     "suppress_nested",
@@ -334,8 +336,8 @@ def suppress_table(counts: np.ndarray, min_cell: int = 5) -> np.ndarray:
 # General linear suppression (tables with nested or overlapping published sums)
 # --------------------------------------------------------------------------------------------
 
-_CELL_STATUSES = ("shown", "hidden")
-_AGG_STATUSES = ("shown", "hidden", "public")
+_CELL_STATUSES = ("shown", "hidden", "free")
+_AGG_STATUSES = ("shown", "hidden", "public", "protected")
 
 
 @dataclass(frozen=True)
@@ -386,20 +388,23 @@ def _suppress_linear_cached(
     min_cell: int,
     cell_status: tuple[str, ...],
     agg_status: tuple[str, ...],
+    agg_rank: tuple[int, ...],
 ) -> tuple[bytes, bytes]:
     v = np.array(values, dtype=np.int64)
     inc = np.zeros((len(aggregates), v.size), dtype=np.int8)
     for i, members in enumerate(aggregates):
         inc[i, list(members)] = 1
     av = inc.astype(np.int64) @ v
-    c_hidden = np.array([s == "hidden" for s in cell_status], dtype=bool)
-    a_hidden = np.array([s == "hidden" for s in agg_status], dtype=bool)
+    c_free = np.array([s == "free" for s in cell_status], dtype=bool)
+    c_hidden = np.array([s == "hidden" for s in cell_status], dtype=bool) | c_free
+    a_protected = np.array([s == "protected" for s in agg_status], dtype=bool) & (av > 0)
+    a_hidden = np.array([s in ("hidden", "protected") for s in agg_status], dtype=bool)
     a_public = np.array([s == "public" for s in agg_status], dtype=bool)
-    c_small = (v > 0) & (v < min_cell)
+    c_small = (v > 0) & (v < min_cell) & ~c_free
     a_small = (av > 0) & (av < min_cell) & ~a_public & ~a_hidden
     cw = c_hidden | c_small
     aw = a_hidden | a_small
-    if not (c_small.any() or a_small.any()):
+    if not (c_small.any() or a_small.any() or a_protected.any()):
         return cw.tobytes(), aw.tobytes()  # nothing small: nothing to protect
     # Zero cells are treated as known to the reader whether published or not: with
     # non-negativity a withheld zero can pin other cells, so it never protects anything.
@@ -415,7 +420,7 @@ def _suppress_linear_cached(
         hit = np.flatnonzero(prot_c & cdet)
         if hit.size:
             return "cell", int(hit[0])
-        hit = np.flatnonzero(aw_ & ~a_hidden & ~pub_a & adet)
+        hit = np.flatnonzero(((aw_ & ~a_hidden) | a_protected) & ~pub_a & adet)
         if hit.size:
             return "agg", int(hit[0])
         return None
@@ -431,7 +436,7 @@ def _suppress_linear_cached(
                 for i in np.flatnonzero(~cw & nonzero & ~pub_c)
             ]
             + [
-                ((1, int(av[j]), int(j)), "agg", int(j))
+                ((agg_rank[j], int(av[j]), int(j)), "agg", int(j))
                 for j in np.flatnonzero(~aw & ~a_public & (av > 0) & ~pub_a)
             ]
         )
@@ -469,16 +474,22 @@ def suppress_linear(
     *,
     cell_status: Sequence[str] | None = None,
     aggregate_status: Sequence[str] | None = None,
+    aggregate_rank: Sequence[int] | None = None,
 ) -> LinearSuppression:
     """Small-cell suppression of counts published as cells and (overlapping) sums of cells.
 
     ``values`` are the counts of the finest cells; ``aggregates`` lists, for every published
     sum, the indices of the cells it adds up (e.g. a group's size = responders + others).
 
-    * ``cell_status``: ``"shown"`` (displayed unless withheld; default) or ``"hidden"`` (never
-      displayed, e.g. non-responders when only ``n`` and responders are shown);
-    * ``aggregate_status``: ``"shown"`` (default), ``"hidden"`` (not displayed) or
-      ``"public"`` (published elsewhere, e.g. cluster sizes; never withheld).
+    * ``cell_status``: ``"shown"`` (displayed unless withheld; default), ``"hidden"`` (never
+      displayed, e.g. non-responders when only ``n`` and responders are shown; protected
+      when small) or ``"free"`` (never displayed nor protected: the finest cells of a
+      :class:`Release`, whose meaning lies only in the sums);
+    * ``aggregate_status``: ``"shown"`` (default), ``"hidden"`` (not displayed),
+      ``"public"`` (published elsewhere, e.g. cluster sizes; never withheld) or
+      ``"protected"`` (not displayed, and must stay undetermined: withheld elsewhere);
+    * ``aggregate_rank``: preference when choosing complements (cells rank 0, aggregates 1
+      by default; lower first, then smaller counts).
 
     Every non-zero shown cell or shown aggregate below ``min_cell`` is withheld, and so is
     every further entry needed until no withheld entry -- and no hidden cell below
@@ -498,12 +509,16 @@ def suppress_linear(
         raise ValueError("status lists must match values / aggregates in length")
     if any(s not in _CELL_STATUSES for s in cs) or any(s not in _AGG_STATUSES for s in ast):
         raise ValueError(f"cell status in {_CELL_STATUSES}, aggregate status in {_AGG_STATUSES}")
+    rank = tuple(int(r) for r in aggregate_rank) if aggregate_rank is not None else (1,) * len(ast)
+    if len(rank) != len(ast):
+        raise ValueError("aggregate_rank must match aggregates in length")
     aggs = tuple(tuple(sorted({int(i) for i in a})) for a in aggregates)
     if any(i < 0 or i >= v.size for a in aggs for i in a):
         raise ValueError("aggregate index out of range")
     if v.size == 0:
         return LinearSuppression(np.zeros(0, bool), np.array([s != "public" for s in ast], bool))
-    raw_c, raw_a = _suppress_linear_cached(tuple(int(x) for x in v), aggs, min_cell, cs, ast)
+    raw_c, raw_a = _suppress_linear_cached(tuple(int(x) for x in v), aggs, min_cell, cs, ast,
+                                           rank)
     return LinearSuppression(
         np.frombuffer(raw_c, dtype=bool).copy(), np.frombuffer(raw_a, dtype=bool).copy()
     )
@@ -602,6 +617,158 @@ def suppress_nested(
         excluded_totals=[bool(sup.aggregates[i]) for i in tot_idx],
         group_n_totals={lab: bool(sup.aggregates[i]) for lab, i in gn_idx.items()},
         group_positive_totals={lab: bool(sup.aggregates[i]) for lab, i in gp_idx.items()},
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# One release: counts published by several sections about the same patients
+# --------------------------------------------------------------------------------------------
+
+
+class Release:
+    """Every count that several report sections publish about the same patients, protected
+    together (docs/usage.md, "Disclosure control").
+
+    Sections that each protect their own table can still give a withheld count back between
+    them: the survival section publishes a cluster's events, the by-treatment section the
+    events of every arm but one, and their difference is the withheld arm. A ``Release``
+    records each published count as the *set of patients* it counts (positions in the
+    report's patient list), so a count published anywhere is a linear fact about the same
+    unknowns. :meth:`protect` withholds, among a section's new counts, what is needed so that
+    no count withheld in any section so far -- nor any small count never shown -- is
+    determined by everything published so far (exactly: by any linear combination;
+    :func:`suppress_linear` on the atoms, the groups of patients counted by the same sets).
+    Earlier sections are never revised: later ones withhold more instead. Numbers of
+    patients lacking a value (no follow-up, no response, no treatment) are treated alike by
+    every section of a release (``protect_missing``): one section publishing what another
+    protects would make the protection void.
+    """
+
+    def __init__(self, patient_ids: Iterable[str], min_cell: int = 5, *,
+                 protect_missing: bool = True) -> None:
+        self.min_cell = check_min_cell(min_cell)
+        #: Whether numbers of patients lacking a value are protected (else structural and
+        #: public); one choice for every section of the release (:class:`DisclosurePolicy`).
+        self.protect_missing = protect_missing
+        self._index = {str(p): i for i, p in enumerate(patient_ids)}
+        self._facts: list[tuple[np.ndarray, str]] = []
+
+    def positions(self, ids: Iterable[Any]) -> np.ndarray:
+        """Positions of ``ids`` in the release's patient list."""
+        try:
+            return np.array([self._index[str(p)] for p in ids], dtype=np.int64)
+        except KeyError as exc:
+            raise CharacteriseInputError(f"patient {exc.args[0]!r} is not in the report's "
+                                         "patient list") from None
+
+    def protect(self, entries: Sequence[tuple[np.ndarray, str, int]]) -> np.ndarray:
+        """Withheld flags (True = not published) of ``entries``, then record them as published.
+
+        Each entry is ``(positions, status, rank)``: the patients counted; ``"shown"`` (to be
+        displayed unless withheld), ``"hidden"`` (never displayed; protected when below
+        ``min_cell``, e.g. non-responders) or ``"public"`` (published regardless, e.g. a
+        cluster size); ``rank`` orders the choice of complements (lower first).
+        """
+        sets = [np.unique(np.asarray(m, dtype=np.int64)) for m, _, _ in entries]
+        status, keep = [], []
+        for i, (s, (_, st, _)) in enumerate(zip(sets, entries, strict=True)):
+            if st not in ("shown", "hidden", "public"):
+                raise ValueError(f"entry status {st!r}")
+            if st == "hidden":
+                if 0 < s.size < self.min_cell:
+                    status.append("protected")
+                    keep.append(i)
+            else:
+                status.append(st)
+                keep.append(i)
+        all_sets = [f for f, _ in self._facts] + [sets[i] for i in keep]
+        all_status = [s for _, s in self._facts] + status
+        rank = [1] * len(self._facts) + [entries[i][2] for i in keep]
+        withheld = np.array([st == "hidden" for _, st, _ in entries], dtype=bool)
+        if all_sets:
+            aggs, values = self._atoms(all_sets)
+            sup = suppress_linear(values, aggs, self.min_cell, cell_status=["free"] * len(values),
+                                  aggregate_status=all_status, aggregate_rank=rank)
+            new = sup.aggregates[len(self._facts):]
+            for j, i in enumerate(keep):
+                if entries[i][1] == "shown":
+                    withheld[i] = bool(new[j])
+        for i, (s, (_, st, _)) in enumerate(zip(sets, entries, strict=True)):
+            if st == "public" or (st == "shown" and not withheld[i]):
+                self._facts.append((s, "public"))
+            elif s.size and (st == "shown" or s.size < self.min_cell):
+                self._facts.append((s, "protected"))
+        return withheld
+
+    def _atoms(self, sets: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
+        """Group patients by the sets they belong to: each set as a list of atoms, and the
+        atoms' sizes."""
+        involved = np.unique(np.concatenate(sets)) if sets else np.zeros(0, np.int64)
+        member = np.zeros((len(sets), involved.size), dtype=bool)
+        for i, s in enumerate(sets):
+            member[i, np.searchsorted(involved, s)] = True
+        packed = np.ascontiguousarray(np.packbits(member, axis=0).T)
+        keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()
+        _, atom_of, sizes = np.unique(keys, return_inverse=True, return_counts=True)
+        aggs = [sorted({int(a) for a in atom_of[np.searchsorted(involved, s)]}) for s in sets]
+        return aggs, [int(x) for x in sizes]
+
+
+def protect_nested(
+    release: Release,
+    clusters: Sequence[np.ndarray],
+    groups: Sequence[Mapping[str, tuple[np.ndarray, np.ndarray]]],
+    excluded: Sequence[Sequence[np.ndarray]] = (),
+    *,
+    group_totals: bool = False,
+    protect_excluded: bool = True,
+) -> NestedSuppression:
+    """:func:`suppress_nested` within a :class:`Release`: the same table (public cluster
+    sizes; per group ``n`` and positives shown, the rest hidden; excluded patients per reason
+    and their totals), given as patient positions instead of counts, so that counts other
+    sections published about the same patients are taken into account."""
+    entries: list[tuple[np.ndarray, str, int]] = []
+    n_idx: list[dict[str, int]] = []
+    pos_idx: list[dict[str, int]] = []
+    reasons: dict[int, list[np.ndarray]] = {}
+    label_sets: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for k, members in enumerate(clusters):
+        entries.append((members, "public", 1))
+        n_idx.append({})
+        pos_idx.append({})
+        for label, (n_set, pos_set) in groups[k].items():
+            pos_idx[k][label] = len(entries)
+            entries.append((pos_set, "shown", 0))
+            n_idx[k][label] = len(entries)
+            entries.append((n_set, "shown", 1))
+            entries.append((np.setdiff1d(n_set, pos_set), "hidden", 1))
+            ls = label_sets.setdefault(label, ([], []))
+            ls[0].append(pos_set)
+            ls[1].append(n_set)
+        for r, x in enumerate(excluded[k] if k < len(excluded) else ()):
+            entries.append((x, "hidden" if protect_excluded else "public", 1))
+            reasons.setdefault(r, []).append(x)
+    empty = np.zeros(0, np.int64)
+    tot_idx = []
+    for r in sorted(reasons):
+        tot_idx.append(len(entries))
+        entries.append((np.concatenate(reasons[r]) if reasons[r] else empty,
+                        "shown" if protect_excluded else "public", 1))
+    gn_idx: dict[str, int] = {}
+    gp_idx: dict[str, int] = {}
+    if group_totals:
+        for label, (pos_sets, n_sets) in label_sets.items():
+            gp_idx[label] = len(entries)
+            entries.append((np.concatenate(pos_sets), "shown", 1))
+            gn_idx[label] = len(entries)
+            entries.append((np.concatenate(n_sets), "shown", 1))
+    w = release.protect(entries)
+    return NestedSuppression(
+        n=[{lab: bool(w[i]) for lab, i in d.items()} for d in n_idx],
+        positive=[{lab: bool(w[i]) for lab, i in d.items()} for d in pos_idx],
+        excluded_totals=[bool(w[i]) for i in tot_idx],
+        group_n_totals={lab: bool(w[i]) for lab, i in gn_idx.items()},
+        group_positive_totals={lab: bool(w[i]) for lab, i in gp_idx.items()},
     )
 
 

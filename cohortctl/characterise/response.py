@@ -43,11 +43,13 @@ from cohortctl.characterise.privacy import (
     WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
+    Release,
     check_min_cell,
     cluster_name,
     format_count,
     format_number,
     join_labels,
+    protect_nested,
     suppress_nested,
     to_jsonable,
 )
@@ -316,6 +318,7 @@ def response_by_cluster(
     response_col: str = "response",
     overall: bool = False,
     protect_missing: bool = True,
+    release: Release | None = None,
 ) -> ResponseResult:
     """Response rates per cluster x treatment, interaction LR test and per-group tests.
 
@@ -326,7 +329,9 @@ def response_by_cluster(
     per-treatment "overall" row (costs extra complementary suppression). Cluster sizes are
     public, so with ``protect_missing`` (default) a small number of excluded patients in a
     cluster withholds what would reveal it; ``protect_missing=False`` treats numbers of
-    patients without response data as disclosable.
+    patients without response data as disclosable. With a ``release`` (and a ``patient_id``
+    column) the counts are protected together with what other sections published about the
+    same patients (:class:`~cohortctl.characterise.privacy.Release`).
 
     Whether the treatment effect differs between clusters is tested by the likelihood-ratio
     test of the cluster x treatment interaction (:func:`interaction_lr_test`); when that is
@@ -370,21 +375,37 @@ def response_by_cluster(
     n_arr = n_arr.reshape(len(treatments), len(shown)).astype(np.int64)
     r_arr = r_arr.reshape(len(treatments), len(shown)).astype(np.int64)
     excl = [layout.sizes[k] - int(n_arr[:, j].sum()) for j, k in enumerate(shown)]
-    sup = suppress_nested(
-        [layout.sizes[k] for k in shown],
-        [
-            {
-                g: (int(n_arr[i, j]), int(r_arr[i, j]))
-                for i, g in enumerate(treatments)
-                if n_arr[i, j]
-            }
-            for j in range(len(shown))
-        ],
-        [[x] for x in excl],
-        min_cell,
-        group_totals=overall,
-        protect_excluded=protect_missing,
-    )
+    if release is None:
+        sup = suppress_nested(
+            [layout.sizes[k] for k in shown],
+            [
+                {
+                    g: (int(n_arr[i, j]), int(r_arr[i, j]))
+                    for i, g in enumerate(treatments)
+                    if n_arr[i, j]
+                }
+                for j in range(len(shown))
+            ],
+            [[x] for x in excl],
+            min_cell,
+            group_totals=overall,
+            protect_excluded=protect_missing,
+        )
+    else:
+        if "patient_id" not in df.columns:
+            raise CharacteriseInputError("response table lacks column 'patient_id' (needed to "
+                                         "protect counts across sections)")
+        where = release.positions(df["patient_id"].to_list())
+        analysed = where[ok]
+        sup = protect_nested(
+            release,
+            [where[cl_all == k] for k in shown],
+            [{g: (analysed[(cl == k) & (trt == g)], analysed[(cl == k) & (trt == g) & (y == 1)])
+              for i, g in enumerate(treatments) if n_arr[i, j]} for j, k in enumerate(shown)],
+            [[where[(cl_all == k) & ~ok]] for k in shown],
+            group_totals=overall,
+            protect_excluded=protect_missing,
+        )
     n_sup = np.array(
         [[sup.n[j].get(g, False) for j in range(len(shown))] for g in treatments], dtype=bool
     ).reshape(n_arr.shape)

@@ -45,10 +45,12 @@ from cohortctl.characterise.privacy import (
     WITHHELD_MARK,
     CharacteriseInputError,
     ClusterLayout,
+    Release,
     check_min_cell,
     cluster_name,
     format_count,
     format_number,
+    protect_nested,
     suppress_nested,
     to_jsonable,
 )
@@ -241,6 +243,7 @@ def _prepare(
             "cluster": df["cluster"].cast(pl.Int64),
             "time": t,
             "event": e,
+            "row": np.arange(df.height, dtype=np.int64),
             **{c: df[c] for c in extra},
         }
     )
@@ -401,6 +404,33 @@ def at_risk_table(time: np.ndarray, cluster: np.ndarray, clusters: list[int],
     return pl.DataFrame(rows)
 
 
+class _Positions:
+    """Patient positions (in a :class:`Release`) of a survival frame's rows: all rows of
+    ``df``, and those of ``data``, the rows with valid follow-up."""
+
+    def __init__(self, release: Release, df: pl.DataFrame, data: pl.DataFrame) -> None:
+        if "patient_id" not in df.columns:
+            raise CharacteriseInputError("survival table lacks column 'patient_id' (needed to "
+                                         "protect counts across sections)")
+        self.all = release.positions(df["patient_id"].to_list())
+        self.clusters = df["cluster"].cast(pl.Int64).to_numpy()
+        self._analysed_rows = data["row"].to_numpy()
+
+    def cluster(self, k: int) -> np.ndarray:
+        """Every patient of cluster ``k``."""
+        return self.all[self.clusters == k]
+
+    def analysed(self, mask: np.ndarray) -> np.ndarray:
+        """Patients of the analysed rows selected by ``mask`` (over ``data``'s rows)."""
+        return self.all[self._analysed_rows[mask]]
+
+    def excluded(self, k: int) -> np.ndarray:
+        """Patients of cluster ``k`` without valid follow-up."""
+        keep = np.zeros(self.all.size, dtype=bool)
+        keep[self._analysed_rows] = True
+        return self.all[(self.clusters == k) & ~keep]
+
+
 def survival_by_cluster(
     df: pl.DataFrame,
     min_cell: int = 5,
@@ -408,6 +438,7 @@ def survival_by_cluster(
     time_col: str = "time",
     event_col: str = "event",
     protect_missing: bool = True,
+    release: Release | None = None,
 ) -> SurvivalByCluster:
     """KM curves, log-rank test, Cox hazard ratios and median survival per cluster.
 
@@ -418,6 +449,8 @@ def survival_by_cluster(
     ``protect_missing`` (default) a small number of excluded patients in a cluster withholds
     what would reveal it: that cluster's analysed ``n`` and hence its curve and median.
     ``protect_missing=False`` treats numbers of patients lacking survival data as disclosable.
+    With a ``release`` (and a ``patient_id`` column) the counts are protected together with
+    what other sections published about the same patients (:class:`Release`).
     """
     min_cell = check_min_cell(min_cell)
     data, _ = _prepare(df, time_col, event_col)
@@ -436,13 +469,24 @@ def survival_by_cluster(
     ev = np.array([int(e_all[cl == k].sum()) for k in shown], dtype=np.int64)
     na = np.array([int((cl == k).sum()) for k in shown], dtype=np.int64)
     excl = [layout.sizes[k] - int(na[j]) for j, k in enumerate(shown)]
-    sup = suppress_nested(
-        [layout.sizes[k] for k in shown],
-        [{"all": (int(na[j]), int(ev[j]))} if na[j] else {} for j in range(len(shown))],
-        [[x] for x in excl],
-        min_cell,
-        protect_excluded=protect_missing,
-    )
+    if release is None:
+        sup = suppress_nested(
+            [layout.sizes[k] for k in shown],
+            [{"all": (int(na[j]), int(ev[j]))} if na[j] else {} for j in range(len(shown))],
+            [[x] for x in excl],
+            min_cell,
+            protect_excluded=protect_missing,
+        )
+    else:
+        where = _Positions(release, df, data)
+        sup = protect_nested(
+            release,
+            [where.cluster(k) for k in shown],
+            [{"all": (where.analysed(cl == k), where.analysed((cl == k) & e_all))} if na[j]
+             else {} for j, k in enumerate(shown)],
+            [[where.excluded(k)] for k in shown],
+            protect_excluded=protect_missing,
+        )
 
     curves: list[KMCurve] = []
     clusters_raw: list[dict[str, Any]] = []
@@ -630,12 +674,13 @@ def survival_by_treatment_within_cluster(
     event_col: str = "event",
     treatment_col: str = "treatment",
     protect_missing: bool = True,
+    release: Release | None = None,
 ) -> SurvivalByTreatment:
     """KM curves by treatment within each displayed cluster, with a log-rank test per cluster.
 
     ``df`` is as for :func:`survival_by_cluster` plus a treatment column. Patients with
     missing time/event, or missing treatment, are excluded and counted (separately);
-    ``protect_missing`` as for :func:`survival_by_cluster`.
+    ``protect_missing`` and ``release`` as for :func:`survival_by_cluster`.
     Treatment groups below ``min_cell`` analysed patients (or whose size is withheld to protect
     another count) get no curve and are left out of that cluster's log-rank test. Log-rank
     p-values of the tested clusters are BH-adjusted across clusters.
@@ -655,6 +700,7 @@ def survival_by_treatment_within_cluster(
         )
     no_trt = data[treatment_col].is_null().to_numpy()
     cl_with_surv = data["cluster"].to_numpy()
+    where = _Positions(release, df, data) if release is not None else None
     data = data.filter(pl.col(treatment_col).is_not_null())
     cl = data["cluster"].to_numpy()
     trt = np.array(data[treatment_col].to_list(), dtype=object)
@@ -674,13 +720,24 @@ def survival_by_treatment_within_cluster(
         n_surv = int((cl_with_surv == k).sum())
         n_nt = int((no_trt & (cl_with_surv == k)).sum())
         excl_by.append([layout.sizes[k] - n_surv, n_nt])
-    sup = suppress_nested(
-        [layout.sizes[k] for k in shown],
-        [{g: (n_by[j][g], ev_by[j][g]) for g in n_by[j]} for j in range(len(shown))],
-        excl_by,
-        min_cell,
-        protect_excluded=protect_missing,
-    )
+    if where is None:
+        sup = suppress_nested(
+            [layout.sizes[k] for k in shown],
+            [{g: (n_by[j][g], ev_by[j][g]) for g in n_by[j]} for j in range(len(shown))],
+            excl_by,
+            min_cell,
+            protect_excluded=protect_missing,
+        )
+    else:
+        analysed = where.all[data["row"].to_numpy()]
+        sup = protect_nested(
+            release,
+            [where.cluster(k) for k in shown],
+            [{g: (analysed[(cl == k) & (trt == g)], analysed[(cl == k) & (trt == g) & e_all])
+              for g in n_by[j]} for j, k in enumerate(shown)],
+            [[where.excluded(k), where.analysed(no_trt & (cl_with_surv == k))] for k in shown],
+            protect_excluded=protect_missing,
+        )
 
     curves: list[KMCurve] = []
     clusters_raw: list[dict[str, Any]] = []

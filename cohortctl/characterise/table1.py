@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ from cohortctl.characterise.privacy import (
     SUPPRESSED_CLUSTER,
     CharacteriseInputError,
     ClusterLayout,
+    Release,
     Suppression,
     check_min_cell,
     cluster_name,
@@ -201,6 +203,30 @@ def _suppress(counts: np.ndarray, missing_row: bool, min_cell: int, row_totals: 
                        inner.grand_total)
 
 
+def _suppress_in_release(release: Release, positions: np.ndarray, members: list[np.ndarray],
+                         codes: np.ndarray, n_rows: int, has_missing: bool,
+                         overall: bool) -> Suppression:
+    """:func:`_suppress` within a :class:`Release` (cells as sets of patients), so that the
+    counts other sections publish about the same patients (e.g. a treatment's patients per
+    cluster in the response section) cannot give a withheld cell back. The missing row
+    follows the release's ``protect_missing``, as in those sections."""
+    entries: list[tuple[np.ndarray, str, int]] = [(positions[m], "public", 1) for m in members]
+    cell_idx = np.zeros((n_rows, len(members)), dtype=np.int64)
+    row_idx = []
+    for i in range(n_rows):
+        code = -1 if has_missing and i == n_rows - 1 else i
+        structural = code == -1 and not release.protect_missing
+        row = []
+        for j, m in enumerate(members):
+            cell_idx[i, j] = len(entries)
+            row.append(positions[m[codes[m] == code]])
+            entries.append((row[-1], "public" if structural else "shown", 0))
+        row_idx.append(len(entries))
+        entries.append((np.concatenate(row), "shown" if overall else "hidden", 1))
+    w = release.protect(entries)
+    return Suppression(w[cell_idx], w[row_idx], np.zeros(len(members), bool), not overall)
+
+
 def _percent(n: int, denom: int) -> float | None:
     return 100.0 * n / denom if denom > 0 else None
 
@@ -239,11 +265,15 @@ def table_one(
     max_levels: int = 20,
     overall: bool = False,
     protect_missing: bool = True,
+    release: Release | None = None,
+    release_columns: Sequence[str] = (),
 ) -> TableOne:
     """Summarise clinical columns per cluster (see module docstring).
 
     ``protect_missing`` (default) protects the numbers of patients lacking a value like any
     count; ``False`` publishes them (structural counts, the report's policy).
+    ``release_columns`` (e.g. the treatment) are protected within ``release``, together with
+    what other sections publish about the same patients.
 
     ``overall=True`` adds an "overall" column (sum of the displayed clusters). Because every
     row then has a displayed total, it costs extra complementary suppression.
@@ -426,7 +456,13 @@ def table_one(
             has_missing = counts[-1].sum() > 0
             if not has_missing:
                 counts = counts[:-1]
-            sup = _suppress(counts, has_missing, min_cell, row_totals, protect_missing)
+            if release is not None and name in release_columns:
+                sup = _suppress_in_release(
+                    release, release.positions(joined[id_col].to_list()),
+                    [shown_idx[k] for k in shown], codes, counts.shape[0], has_missing,
+                    overall)
+            else:
+                sup = _suppress(counts, has_missing, min_cell, row_totals, protect_missing)
             level_names = [str(x) for x in levels] + (["missing"] if has_missing else [])
             lev_raw = []
             first = None

@@ -27,6 +27,7 @@ from cohortctl.characterise.privacy import (
     FOLDED_LINE,
     ClusterLayout,
     DisclosurePolicy,
+    Release,
     cluster_name,
     to_jsonable,
 )
@@ -60,6 +61,9 @@ class Report:
     sections: list[dict[str, Any]] = field(default_factory=list)
     #: The one disclosure policy every section applies.
     policy: DisclosurePolicy = field(default_factory=DisclosurePolicy)
+    #: Counts about clusters x treatment x outcomes, protected together across sections
+    #: (Table 1's treatment, survival, survival by treatment, response).
+    release: Release | None = None
 
     def section(self, key: str, title: str, *, note: str = "") -> dict[str, Any]:
         sec: dict[str, Any] = {"key": key, "title": title, "note": note, "items": []}
@@ -100,7 +104,8 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
     policy = DisclosurePolicy(min_cell)
     roles = store.roles
     clinical = store.clinical()
-    rep = Report(policy=policy)
+    rep = Report(policy=policy, release=Release(labels["patient_id"].to_list(), min_cell,
+                                                protect_missing=policy.protect_missing))
     rep.data = {
         "report_format_version": 1,
         "run": run_dir.name,
@@ -446,7 +451,8 @@ def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
         return
     # In Table 1 "missing" is a level of the variable like any other ("stage unknown"), and
     # the cheapest complement for a small cell: it stays protected.
-    t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell)
+    t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell,
+                      release=rep.release, release_columns=[roles.get("treatment") or ""])
     _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200)
     for n in t1.notes:
         _add_text(sec, n)
@@ -469,7 +475,8 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
                            f"{min_cell} patients remain at risk), log-rank test across clusters, "
                            "Cox hazard ratios against the largest cluster (lifelines).")
     df = _outcome_frame(clinical, labels, roles)
-    res = ch.survival_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing)
+    res = ch.survival_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing,
+                                 release=rep.release)
     lr = res.logrank
     if lr.get("p") is not None:
         _add_text(sec, f"Log-rank test across {len(lr.get('clusters', []))} clusters: "
@@ -498,7 +505,8 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     rep.data["survival"] = res.to_dict()
     if roles.get("treatment"):
         bt = ch.survival_by_treatment_within_cluster(df, min_cell,
-                                                     protect_missing=rep.policy.protect_missing)
+                                                     protect_missing=rep.policy.protect_missing,
+                                                     release=rep.release)
         if bt.curves.height:
             _add_figure(rep, sec, "km_treatment", "Kaplan–Meier by treatment within cluster",
                         _km_facets(bt.curves))
@@ -586,7 +594,8 @@ def _response_section(rep: Report, store: Store, clinical: pl.DataFrame, labels:
         df = _outcome_frame(clinical, labels, roles)
         if "treatment" not in df.columns:
             df = df.with_columns(pl.lit("all").alias("treatment"))
-        res = ch.response_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing)
+        res = ch.response_by_cluster(df, min_cell, protect_missing=rep.policy.protect_missing,
+                                     release=rep.release)
         inter = res.interaction
         p_int = inter.get("p")
         if p_int is None and inter.get("p_coarsened") and inter.get("p_bound") is not None:
