@@ -305,7 +305,8 @@ def _split(text: str | None) -> list[str] | None:
 # -- report ---------------------------------------------------------------------------
 @app.command(epilog="Examples:\n\n  cohortctl report cohort -o report.html\n\n"
              "  cohortctl report cohort --format md -o - \n\n"
-             "  cohortctl report cohort --format json -o report.json --tables tables/\n\n" + EXIT_HELP)
+             "  cohortctl report cohort --format json -o report.json --tables tables/\n\n"
+             "  cohortctl report cohort --disclosure strict -o release.html\n\n" + EXIT_HELP)
 @_guarded
 def report(
     store: Annotated[str | None, typer.Argument(help="Store path, or '-'/omitted to read it from stdin.")] = None,
@@ -314,6 +315,7 @@ def report(
     fmt: Annotated[str | None, typer.Option("--format", help="html|json|md (default: from the extension of -o).")] = None,
     tables: Annotated[Path | None, typer.Option(help="Also write every table as TSV+Parquet into this new directory.")] = None,
     min_cell: Annotated[int, typer.Option(help="Small-cell threshold: counts below it are suppressed.")] = 5,
+    disclosure: Annotated[str, typer.Option(help="Disclosure profile: 'standard' (exact counts) or 'strict' (every published count rounded to a multiple of 5; blunts differencing of two releases).")] = "standard",
     include_ids: Annotated[bool, typer.Option(help="Include patient identifiers (off by default).")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing report file and a --tables directory cohortctl wrote (never any other directory).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of the path.")] = False,
@@ -325,9 +327,11 @@ def report(
     resolve_format(out, fmt)  # a usage error before reading anything
     if min_cell < 1:
         raise UsageError("--min-cell must be >= 1")
+    if disclosure not in ("standard", "strict"):
+        raise UsageError(f"--disclosure must be 'standard' or 'strict', got {disclosure!r}")
     st = Store.open(_store_arg(store))
     summary = write_report(st, run=run, out=out, fmt=fmt, tables_dir=tables, min_cell=min_cell,
-                           include_ids=include_ids, force=force)
+                           include_ids=include_ids, force=force, profile=disclosure)
     if str(out) != "-":
         _emit(out, summary, as_json)
 

@@ -51,6 +51,8 @@ from cohortctl.characterise.privacy import (
     format_count,
     format_number,
     join_labels,
+    published,
+    published_percent,
     suppress_linear,
     suppress_nested,
     to_jsonable,
@@ -323,13 +325,13 @@ def mutation_enrichment(
                     "gene": gene,
                     "cluster": k,
                     "name": cluster_name(k),
-                    "n_mutated": None if sup else int(mcount[i, j]),
+                    "n_mutated": None if sup else published(int(mcount[i, j])),
                     "n_mutated_suppressed": sup,
-                    "n_patients": None if cov_sup[j] else int(sizes[j]),
+                    "n_patients": None if cov_sup[j] else published(int(sizes[j])),
                     "n_patients_suppressed": bool(cov_sup[j]),
                     "frequency": None
                     if (sup or cov_sup[j] or sizes[j] == 0)
-                    else float(mcount[i, j] / sizes[j]),
+                    else float(published_percent(int(mcount[i, j]), int(sizes[j])) or 0) / 100,
                 }
             )
     frequencies = pl.DataFrame(
@@ -368,16 +370,18 @@ def mutation_enrichment(
             if cell_sup[i, j]:
                 row[cluster_name(k)] = format_count(n, True, min_cell)
             elif cov_sup[j] or sizes[j] == 0:
-                row[cluster_name(k)] = str(n)
+                row[cluster_name(k)] = str(published(n))
             else:
-                row[cluster_name(k)] = f"{n} ({100 * n / sizes[j]:.1f}%)"
+                row[cluster_name(k)] = (f"{published(n)} "
+                                        f"({published_percent(n, int(sizes[j])):.1f}%)")
         if overall:
             tot = int(mcount[i].sum())
             tot_n = int(sizes.sum())
             row["overall"] = (
                 format_count(tot, True, min_cell)
                 if all_sup[i]
-                else (str(tot) if cov_sup.any() else f"{tot} ({100 * tot / max(tot_n, 1):.1f}%)")
+                else (str(published(tot)) if cov_sup.any() or tot_n == 0
+                      else f"{published(tot)} ({published_percent(tot, tot_n):.1f}%)")
             )
         best = None
         for g, k in enumerate(tested):
@@ -438,7 +442,8 @@ def mutation_enrichment(
         "enrichment test."
     )
     if n_no_data:
-        what = f"An undisclosed number ({WITHHELD_MARK}) of" if no_data_sup else str(n_no_data)
+        what = (f"An undisclosed number ({WITHHELD_MARK}) of" if no_data_sup
+                else str(published(n_no_data)))
         notes.append(f"{what} patient(s) of the displayed clusters have no mutation data.")
     if cov_sup.any():
         notes.append(
@@ -452,12 +457,12 @@ def mutation_enrichment(
         {
             "cluster": k,
             "name": cluster_name(k),
-            "n": None if cov_sup[j] else int(sizes[j]),
+            "n": None if cov_sup[j] else published(int(sizes[j])),
             "n_suppressed": bool(cov_sup[j]),
         }
         for j, k in enumerate(shown)
     ]
-    layout_d["n_without_data"] = None if no_data_sup else n_no_data
+    layout_d["n_without_data"] = None if no_data_sup else published(n_no_data)
     layout_d["n_without_data_suppressed"] = no_data_sup
     return MutationResult(
         table=table,

@@ -54,7 +54,9 @@ number of patients of that cluster lacking the data; the functions' default
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -95,6 +97,8 @@ __all__ = [
     "format_count",
     "format_number",
     "format_percent",
+    "published",
+    "published_percent",
     "join_labels",
     "protect_nested",
     "small_clusters",
@@ -777,6 +781,32 @@ def protect_nested(
 # --------------------------------------------------------------------------------------------
 
 
+#: Base to which published counts of patients are rounded (1 = exact), set by the policy in
+#: force (:meth:`DisclosurePolicy.in_force`); read only through :func:`published`.
+_ROUNDING: ContextVar[int] = ContextVar("cohortctl_count_rounding", default=1)
+
+#: Named disclosure profiles (docs/usage.md, "Disclosure control"): base of rounding.
+PROFILES = {"standard": 1, "strict": 5}
+
+
+def published(n: int) -> int:
+    """A count of patients as the policy in force publishes it: exact (``standard``), or
+    rounded to the nearest multiple of the profile's base, halves up (``strict``; a count
+    between 0 and the base is shown as the base, never as 0)."""
+    n = int(n)
+    base = _ROUNDING.get()
+    if base <= 1 or n <= 0:
+        return n
+    return max(base, base * ((2 * n + base) // (2 * base)))
+
+
+def published_percent(n: int, denom: int) -> float | None:
+    """Percentage of two published counts (rounded ones under ``strict``, so that the
+    percentage does not give the exact counts back); ``None`` for an empty denominator."""
+    d = published(denom)
+    return 100.0 * published(n) / d if d > 0 else None
+
+
 @dataclass(frozen=True)
 class DisclosurePolicy:
     """The report's one disclosure policy, built once by ``report`` and handed to every
@@ -795,6 +825,30 @@ class DisclosurePolicy:
 
     min_cell: int = 5
     protect_missing: bool = False
+    #: ``standard`` publishes counts exactly; ``strict`` rounds every published count of
+    #: patients (and the percentages and rates computed from them) to ``PROFILES["strict"]``.
+    profile: str = "standard"
+
+    def __post_init__(self) -> None:
+        check_min_cell(self.min_cell)
+        if self.profile not in PROFILES:
+            raise CharacteriseInputError(f"disclosure profile must be one of "
+                                         f"{sorted(PROFILES)}, got {self.profile!r}")
+
+    @property
+    def rounding(self) -> int:
+        """Base to which published counts are rounded (1 = exact)."""
+        return PROFILES[self.profile]
+
+    @contextmanager
+    def in_force(self) -> Iterator[None]:
+        """Make this policy's rounding the one :func:`published` applies (while a report
+        is computed), so that every section and presenter rounds alike."""
+        token = _ROUNDING.set(self.rounding)
+        try:
+            yield
+        finally:
+            _ROUNDING.reset(token)
 
     def describe(self, include_ids: bool) -> str:
         """One sentence for the report's privacy note."""
@@ -807,6 +861,9 @@ class DisclosurePolicy:
                 + ("protected too. " if self.protect_missing else "shown. ")
                 + "The embedding is drawn as areas of at least "
                 f"{self.min_cell} patients, never as points. "
+                + (f"Profile 'strict': every published count of patients is rounded to a "
+                   f"multiple of {self.rounding} (percentages and rates from the rounded "
+                   "counts). " if self.rounding > 1 else "")
                 + ("Patient identifiers are included in --tables output (--include-ids)."
                    if include_ids else "No patient identifiers are included."))
 
@@ -880,14 +937,14 @@ class ClusterLayout:
                 {
                     "cluster": k,
                     "name": cluster_name(k),
-                    "n": None if sup else self.sizes[k],
+                    "n": None if sup else published(self.sizes[k]),
                     "n_suppressed": sup,
                     "tested": k in self.tested,
                 }
             )
         folded = self.folded
         return {"min_cell": self.min_cell, "clusters": out,
-                FOLDED_KEY: folded if self.suppressed else None}
+                FOLDED_KEY: published(folded) if self.suppressed else None}
 
 
 def join_labels(
@@ -938,7 +995,7 @@ def format_count(
     a suppressed cluster or a number of excluded patients) shows ``"<min_cell"``.
     """
     if not suppressed:
-        return NOT_SHOWN if n is None else str(int(n))
+        return NOT_SHOWN if n is None else str(published(int(n)))
     if standalone:
         return f"<{min_cell}"
     return WITHHELD_MARK

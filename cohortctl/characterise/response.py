@@ -50,6 +50,7 @@ from cohortctl.characterise.privacy import (
     format_number,
     join_labels,
     protect_nested,
+    published,
     suppress_nested,
     to_jsonable,
 )
@@ -290,11 +291,19 @@ class ResponseResult:
         )
 
 
+def _published_rate(k: int, n: int) -> tuple[float, float, float]:
+    """Rate and Wilson 95% interval from the counts as published (rounded under the strict
+    profile: exact ones would give the counts back)."""
+    k, n = published(k), published(n)
+    lo, hi = _wilson(k, n)
+    return k / n, lo, hi
+
+
 def _rate_text(k: int, n: int, shown: bool) -> str:
     if not shown or n == 0:
         return NOT_SHOWN
-    lo, hi = _wilson(k, n)
-    return f"{100 * k / n:.1f}% ({100 * lo:.1f}–{100 * hi:.1f})"
+    rate, lo, hi = _published_rate(k, n)
+    return f"{100 * rate:.1f}% ({100 * lo:.1f}–{100 * hi:.1f})"
 
 
 _TEST_NAMES = {"chi2": "chi-square", "fisher": "Fisher", None: "not testable"}
@@ -425,17 +434,17 @@ def response_by_cluster(
             if n == 0:
                 continue
             show_rate = not any_sup[i, j]
-            lo, hi = _wilson(r, n) if show_rate else (None, None)
+            rate, lo, hi = _published_rate(r, n) if show_rate else (None, None, None)
             cells.append(
                 {
                     "cluster": k,
                     "name": cluster_name(k),
                     "treatment": g,
-                    "n": None if n_sup[i, j] else n,
+                    "n": None if n_sup[i, j] else published(n),
                     "n_suppressed": bool(n_sup[i, j]),
-                    "responders": None if r_sup[i, j] else r,
+                    "responders": None if r_sup[i, j] else published(r),
                     "responders_suppressed": bool(r_sup[i, j]),
-                    "rate": r / n if show_rate else None,
+                    "rate": rate,
                     "ci_lower": lo,
                     "ci_upper": hi,
                     "rate_withheld": not show_rate,
@@ -467,9 +476,9 @@ def response_by_cluster(
                 }
             )
             extra = {
-                "n": None if tn_sup else tot_n,
+                "n": None if tn_sup else published(tot_n),
                 "n_suppressed": tn_sup,
-                "responders": None if tr_sup else tot_r,
+                "responders": None if tr_sup else published(tot_r),
                 "responders_suppressed": tr_sup,
             }
         table = np.vstack([r_arr[i], n_arr[i] - r_arr[i]])[:, tested_cols]
@@ -550,7 +559,8 @@ def response_by_cluster(
     n_excl = int(sum(excl))
     x_sup = bool(sup.excluded_totals[0]) if shown else False
     if n_excl:
-        what = f"An undisclosed number ({WITHHELD_MARK}) of" if x_sup else str(n_excl)
+        what = (f"An undisclosed number ({WITHHELD_MARK}) of" if x_sup
+                else str(published(n_excl)))
         notes.append(
             f"{what} patient(s) of the displayed clusters excluded for missing treatment or "
             "response."
@@ -569,7 +579,8 @@ def response_by_cluster(
         cells=cells,
         treatments=treat_raw,
         interaction=inter,
-        excluded={"n_excluded": None if x_sup else n_excl, "n_excluded_suppressed": x_sup},
+        excluded={"n_excluded": None if x_sup else published(n_excl),
+                  "n_excluded_suppressed": x_sup},
         layout=layout.to_dict(),
         notes=notes,
         min_cell=min_cell,

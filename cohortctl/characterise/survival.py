@@ -51,6 +51,7 @@ from cohortctl.characterise.privacy import (
     format_count,
     format_number,
     protect_nested,
+    published,
     suppress_nested,
     to_jsonable,
 )
@@ -97,8 +98,8 @@ class KMCurve:
     median_withheld: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable curve."""
-        return to_jsonable(self.__dict__)
+        """JSON-serialisable curve (numbers at risk as the policy in force publishes them)."""
+        return to_jsonable({**self.__dict__, "at_risk": [published(n) for n in self.at_risk]})
 
     def rows(self) -> list[dict[str, Any]]:
         """Long-format rows for plotting."""
@@ -111,7 +112,7 @@ class KMCurve:
                 "survival": s,
                 "ci_lower": lo,
                 "ci_upper": hi,
-                "at_risk": n,
+                "at_risk": published(n),
             }
             for t, s, lo, hi, n in zip(
                 self.times, self.survival, self.ci_lower, self.ci_upper, self.at_risk, strict=True
@@ -251,14 +252,15 @@ def _prepare(
 
 
 def _excluded(n: int, suppressed: bool) -> dict[str, Any]:
-    return {"n_excluded": None if suppressed else n, "n_excluded_suppressed": suppressed}
+    return {"n_excluded": None if suppressed else published(n),
+            "n_excluded_suppressed": suppressed}
 
 
 def _excluded_text(n: int | None, suppressed: bool) -> str:
     """Note text for a number of excluded patients (no bound is given when withheld)."""
     if suppressed:
         return f"An undisclosed number ({WITHHELD_MARK}) of"
-    return str(n)
+    return str(n if n is None else published(n))
 
 
 @dataclass
@@ -397,7 +399,7 @@ def at_risk_table(time: np.ndarray, cluster: np.ndarray, clusters: list[int],
             n = int((t >= x).sum())
             drop = 0 if last is None else last - n
             publish = n >= min_cell and (drop == 0 or drop >= min_cell)
-            row[f"{x:g}"] = str(n) if publish else NOT_SHOWN
+            row[f"{x:g}"] = str(published(n)) if publish else NOT_SHOWN
             if publish:
                 last = n
         rows.append(row)
@@ -508,11 +510,14 @@ def survival_by_cluster(
                 "cluster": k,
                 "name": cluster_name(k),
                 "tested": k in layout.tested,
-                "n": None if n_sup else int(na[j]),
+                "n": None if n_sup else published(int(na[j])),
                 "n_suppressed": n_sup,
-                "events": None if e_sup else int(ev[j]),
+                "events": None if e_sup else published(int(ev[j])),
                 "events_suppressed": e_sup,
-                "censored": None if (n_sup or e_sup) else int(na[j] - ev[j]),
+                # From the published n and events: a separately rounded count of censored
+                # patients would be one more count that moves when a patient withdraws.
+                "censored": (None if (n_sup or e_sup)
+                             else published(int(na[j])) - published(int(ev[j]))),
                 "censored_suppressed": n_sup or e_sup,
                 "median": c.median,
                 "median_ci_lower": c.median_ci_lower,
@@ -764,9 +769,9 @@ def survival_by_treatment_within_cluster(
             groups.append(
                 {
                     "treatment": g,
-                    "n": None if n_sup else n_by[j][g],
+                    "n": None if n_sup else published(n_by[j][g]),
                     "n_suppressed": n_sup,
-                    "events": None if e_sup else ev_by[j][g],
+                    "events": None if e_sup else published(ev_by[j][g]),
                     "events_suppressed": e_sup,
                     "median": c.median,
                     "median_ci_lower": c.median_ci_lower,

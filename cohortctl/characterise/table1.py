@@ -46,6 +46,8 @@ from cohortctl.characterise.privacy import (
     format_count,
     format_number,
     join_labels,
+    published,
+    published_percent,
     suppress_with_margins,
     to_jsonable,
 )
@@ -227,10 +229,6 @@ def _suppress_in_release(release: Release, positions: np.ndarray, members: list[
     return Suppression(w[cell_idx], w[row_idx], np.zeros(len(members), bool), not overall)
 
 
-def _percent(n: int, denom: int) -> float | None:
-    return 100.0 * n / denom if denom > 0 else None
-
-
 def _cat_test(table: np.ndarray) -> tuple[str | None, float, float]:
     """Chi-square (or Fisher 2x2 with small expected counts) on levels x clusters."""
     t = table[table.sum(axis=1) > 0][:, table.sum(axis=0) > 0]
@@ -328,8 +326,8 @@ def table_one(
         "N",
         "",
         "n",
-        {k: str(layout.sizes[k]) for k in shown},
-        str(int(sizes_shown.sum())),
+        {k: str(published(layout.sizes[k])) for k in shown},
+        str(published(int(sizes_shown.sum()))),
     )
 
     variables: list[dict[str, Any]] = []
@@ -369,9 +367,9 @@ def table_one(
                     {
                         "cluster": k,
                         "name": cluster_name(k),
-                        "n": None if sup.cells[0, j] else int(nonmiss[j]),
+                        "n": None if sup.cells[0, j] else published(int(nonmiss[j])),
                         "n_suppressed": bool(sup.cells[0, j]),
-                        "missing": None if m_sup else int(miss[j]),
+                        "missing": None if m_sup else published(int(miss[j])),
                         "missing_suppressed": m_sup,
                         "median": med,
                         "q1": q1,
@@ -407,9 +405,9 @@ def table_one(
                 "cells": cells_raw,
                 "_coarsen": False,
                 "overall": {
-                    "n": None if o_sup else int(allv.size),
+                    "n": None if o_sup else published(int(allv.size)),
                     "n_suppressed": o_sup,
-                    "missing": None if om_sup else tot_miss,
+                    "missing": None if om_sup else published(tot_miss),
                     "missing_suppressed": om_sup,
                     "median": o_stats[1],
                     "q1": o_stats[0],
@@ -476,9 +474,10 @@ def table_one(
                         {
                             "cluster": k,
                             "name": cluster_name(k),
-                            "n": None if cs else n,
+                            "n": None if cs else published(n),
                             "n_suppressed": cs,
-                            "percent": None if cs else _percent(n, int(sizes_shown[j])),
+                            "percent": None if cs else published_percent(
+                                n, int(sizes_shown[j])),
                         }
                     )
                     cells_txt[k] = _n_pct(n, cs, int(sizes_shown[j]), min_cell)
@@ -489,9 +488,10 @@ def table_one(
                     "is_missing": has_missing and i == len(level_names) - 1,
                     "cells": cells_raw,
                     "overall": {
-                        "n": None if ts else tot,
+                        "n": None if ts else published(tot),
                         "n_suppressed": ts,
-                        "percent": None if ts else _percent(tot, int(sizes_shown.sum())),
+                        "percent": None if ts else published_percent(
+                            tot, int(sizes_shown.sum())),
                     },
                 }
                 lev_raw.append(entry)
@@ -565,5 +565,5 @@ def table_one(
 def _n_pct(n: int, suppressed: bool, denom: int, min_cell: int) -> str:
     if suppressed:
         return format_count(n, True, min_cell)
-    p = _percent(n, denom)
-    return f"{n} ({p:.1f}%)" if p is not None else str(n)
+    p = published_percent(n, denom)
+    return f"{published(n)} ({p:.1f}%)" if p is not None else str(published(n))

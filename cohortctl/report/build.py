@@ -25,10 +25,12 @@ from cohortctl.characterise.multiple_testing import format_p_bound
 from cohortctl.characterise.privacy import (
     FOLDED_KEY,
     FOLDED_LINE,
+    PROFILES,
     ClusterLayout,
     DisclosurePolicy,
     Release,
     cluster_name,
+    published,
     to_jsonable,
 )
 from cohortctl.characterise.table1 import looks_like_id_name
@@ -89,8 +91,17 @@ def _add_text(sec: dict[str, Any], text: str) -> None:
 
 # -- gathering -------------------------------------------------------------------------
 def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids: bool = False,
-           progress: Callable[[str], None] | None = None) -> Report:
-    """Compute every section of the report for ``run`` of ``store``."""
+           progress: Callable[[str], None] | None = None, profile: str = "standard") -> Report:
+    """Compute every section of the report for ``run`` of ``store`` under the disclosure
+    ``profile`` (``standard`` or ``strict``, see :class:`DisclosurePolicy`)."""
+    policy = DisclosurePolicy(min_cell, profile=profile)
+    with policy.in_force():
+        return _gather(store, run, policy, include_ids, progress)
+
+
+def _gather(store: Store, run: str, policy: DisclosurePolicy, include_ids: bool,
+            progress: Callable[[str], None] | None) -> Report:
+    min_cell = policy.min_cell
     run_dir = store.resolve_run(run)
     verify_run(run_dir)
     params = _read_json(run_dir / "params.json")
@@ -101,7 +112,6 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
         raise InputDataError(f"{run_dir / 'assignments.parquet'}: unreadable ({exc})") from None
     labels = assignments.select("patient_id", pl.col("cluster").cast(pl.Int64))
     layout = ClusterLayout.from_labels(labels["cluster"].to_list(), min_cell)
-    policy = DisclosurePolicy(min_cell)
     roles = store.roles
     clinical = store.clinical()
     rep = Report(policy=policy, release=Release(labels["patient_id"].to_list(), min_cell,
@@ -110,6 +120,7 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
         "report_format_version": 1,
         "run": run_dir.name,
         "min_cell": min_cell,
+        "disclosure_profile": policy.profile,
         "include_ids": include_ids,
         "privacy": policy.describe(include_ids),
     }
@@ -176,9 +187,9 @@ def _p_text(p: float) -> str:
 
 
 def _structural(n: int | None) -> int | None:
-    """A structural count (patients per table, overlap, missing data): shown exactly
-    under the disclosure policy (see :class:`DisclosurePolicy`)."""
-    return None if n is None else int(n)
+    """A structural count (patients per table, overlap, missing data): shown under the
+    disclosure policy (exactly, or rounded by the strict profile; :class:`DisclosurePolicy`)."""
+    return None if n is None else published(int(n))
 
 
 def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
@@ -212,7 +223,7 @@ def _cohort_section(rep: Report, store: Store, params: dict[str, Any],
             for b in names}})
         _add_table(rep, sec, "cohort_overlap", "Patients shared between tables", overlap)
     mod = metrics.get("modalities", {})
-    clustered = mod.get("patients")
+    clustered = _structural(mod.get("patients"))
     _add_text(sec, f"{clustered} patients clustered; "
                    f"{_structural(mod.get('patients_missing_any_block', 0))} of them lacked "
                    "at least one modality and were placed from the modalities they have; "
@@ -244,12 +255,12 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     rows, raw = [], []
     for k in layout.shown:
         entry = {"cluster": k, "name": layout.name(k), "suppressed": False,
-                 "n": layout.sizes[k], "stability": stab.get(str(k)),
+                 "n": published(layout.sizes[k]), "stability": stab.get(str(k)),
                  "mean_confidence": conf.get(str(k))}
         raw.append(entry)
         rows.append({
             "cluster": layout.name(k),
-            "patients": str(layout.sizes[k]),
+            "patients": str(published(layout.sizes[k])),
             "stability": "" if entry["stability"] is None else f"{entry['stability']:.2f}",
             "mean confidence": ("" if entry["mean_confidence"] is None
                                 else f"{entry['mean_confidence']:.2f}"),
@@ -259,11 +270,12 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
                     "stability": None, "mean_confidence": None})
     if layout.suppressed:
         rows.append({"cluster": f"{FOLDED_LINE} ({', '.join(layout.suppressed_names)})",
-                     "patients": str(layout.folded), "stability": "", "mean confidence": ""})
+                     "patients": str(published(layout.folded)), "stability": "",
+                     "mean confidence": ""})
     _add_table(rep, sec, "groups", "Clusters", pl.DataFrame(rows))
-    n_assigned = sum(layout.sizes[k] for k in layout.sizes if k >= 0)
+    n_assigned = published(sum(layout.sizes[k] for k in layout.sizes if k >= 0))
     n_clusters = sum(1 for k in layout.sizes if k >= 0)
-    unassigned = layout.sizes.get(-1, 0)
+    unassigned = published(layout.sizes.get(-1, 0))
     groups = f"{n_clusters} {'group' if n_clusters == 1 else 'groups'}"
     text = (f"{groups}; {unassigned} {'patient' if unassigned == 1 else 'patients'} "
             "unassigned (no majority for one group; their nearest group is kept in the "
@@ -294,9 +306,11 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
         _add_figure(rep, sec, "embedding", "Embedding (2-D view of the clustered space)", fig)
     rep.data["groups"] = to_jsonable({
         "n_clusters": n_clusters, "n_assigned": n_assigned,
-        "unassigned": unassigned, FOLDED_KEY: layout.folded if layout.suppressed else None,
+        "unassigned": unassigned,
+        FOLDED_KEY: published(layout.folded) if layout.suppressed else None,
         "clusters": raw,
-        "selection_scores": scores, "selected": selected, "caveats": caveats,
+        "selection_scores": [_published_score(s) for s in scores], "selected": selected,
+        "caveats": caveats,
         "consensus": {k: v for k, v in (cons or {}).items() if k != "histogram"} or None,
         "silhouette": metrics.get("silhouette"),
         "reference_agreement": reference, "embedding_colour_columns": hover_cols,
@@ -348,10 +362,17 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
         ref, found = j[col].cast(pl.String).to_list(), j["cluster"].to_list()
         ari = adjusted_rand_score(ref, found)
         nmi = normalized_mutual_info_score(ref, found)
-        out.append({"column": col, "patients": j.height, "ari": round(float(ari), 2),
+        out.append({"column": col, "patients": published(j.height),
+                    "ari": round(float(ari), 2),
                     "nmi": round(float(nmi), 2),
                     "note": "patients of the displayed groups (unassigned: one more group)"})
     return out
+
+
+def _published_score(s: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's score row with its counts of patients as the policy publishes them."""
+    return {k: published(v) if k in ("smallest", "unassigned") and isinstance(v, int) else v
+            for k, v in s.items()}
 
 
 def _candidate_name(s: dict[str, Any]) -> str:
@@ -377,7 +398,7 @@ def _selection_table(scores: list[dict[str, Any]]) -> pl.DataFrame:
         return pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
     return pl.DataFrame([{
         "candidate": _candidate_name(s), "groups": s["clusters"],
-        "smallest group": s["smallest"], "unassigned": s["unassigned"],
+        "smallest group": published(s["smallest"]), "unassigned": published(s["unassigned"]),
         "stability": round(s["stability"], 3), "null stability": round(s["null_stability"], 3),
         "score": round(s["score"], 3),
         "usable": "yes" if s["eligible"] else f"no: {s['why_not']}",
@@ -599,7 +620,8 @@ def _response_section(rep: Report, store: Store, clinical: pl.DataFrame, labels:
         inter = res.interaction
         p_int = inter.get("p")
         if p_int is None and inter.get("p_coarsened") and inter.get("p_bound") is not None:
-            p_text = f"p < {inter['p_bound']:g}"  # exact p withheld to protect a small cell
+            # Exact p withheld to protect a small cell: its category ("p <0.01", "p ≥0.05").
+            p_text = f"p {format_p_bound(inter['p_bound'])}"
             significant = inter["p_bound"] <= 0.05
         elif p_int is not None:
             p_text, significant = _p_text(p_int), p_int < 0.05
@@ -789,12 +811,14 @@ def _methods_section(rep: Report, store: Store, run_dir: Path, params: dict[str,
 # -- writing ----------------------------------------------------------------------------
 def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str | None = None,
                  tables_dir: Path | None = None, min_cell: int = 5, include_ids: bool = False,
-                 force: bool = False, progress: Callable[[str], None] | None = None
-                 ) -> dict[str, Any]:
+                 force: bool = False, progress: Callable[[str], None] | None = None,
+                 profile: str = "standard") -> dict[str, Any]:
     """Build the report and write it to ``out`` ("-" = stdout); returns a short summary."""
     fmt = resolve_format(out, fmt)
     if min_cell < 1:
         raise UsageError("--min-cell must be >= 1")
+    if profile not in PROFILES:
+        raise UsageError(f"--disclosure must be one of {', '.join(PROFILES)}, got {profile!r}")
     out_path = None if str(out) == "-" else Path(out)
     if out_path is not None and out_path.is_dir():
         raise OutputError(f"{out_path}: is a directory (-o names the report file)")
@@ -810,7 +834,8 @@ def write_report(store: Store, *, run: str = "latest", out: Path | str, fmt: str
             if not _is_tables_dir(tables_dir):
                 raise OutputError(f"{tables_dir}: not a --tables directory written by cohortctl "
                                   "(no marker file); refusing to replace it")
-    rep = gather(store, run, min_cell=min_cell, include_ids=include_ids, progress=progress)
+    rep = gather(store, run, min_cell=min_cell, include_ids=include_ids, progress=progress,
+                 profile=profile)
     if fmt == "html":
         from cohortctl.report.html import render_html
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from cohortctl.characterise.privacy import published
+
 GRIDS = (32, 16, 8, 4, 2, 1)  # cells per side, finest first
 
 
@@ -86,11 +88,11 @@ def figure(areas: list[Area], left_out: int, *, title: str, palette: list[str],
            numeric: bool = False) -> dict[str, Any]:
     """A Plotly figure of the areas: one trace per group (or one coloured by value)."""
     def size(n: int) -> float:
-        return float(6 + 3 * np.sqrt(n))
+        return float(6 + 3 * np.sqrt(published(n)))
 
     def hover(a: Area) -> str:
         val = "" if a.value is None else f"<br>median {a.value:g}"
-        return f"{a.group}: {a.n} patients in this area{val}"
+        return f"{a.group}: {published(a.n)} patients in this area{val}"
 
     traces: list[dict[str, Any]] = []
     if numeric:
@@ -112,7 +114,7 @@ def figure(areas: list[Area], left_out: int, *, title: str, palette: list[str],
                            "text": [hover(a) for a in mine],
                            "marker": {"size": [size(a.n) for a in mine], "opacity": 0.7,
                                       "color": palette[j % len(palette)]}})
-    return {"data": traces, "left_out": left_out, "layout": {
+    return {"data": traces, "left_out": published(left_out), "layout": {
         "height": 480, "margin": {"t": 60},
         "legend": {"orientation": "h", "x": 0, "y": 1.1, "yanchor": "bottom"},
         "xaxis": {"title": {"text": "dimension 1"}, "zeroline": False},
