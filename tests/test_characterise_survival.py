@@ -16,6 +16,7 @@ from cohortctl.characterise import (
 )
 from cohortctl.characterise.multiple_testing import bh_qvalues, p_bound
 from cohortctl.characterise.privacy import WITHHELD_MARK
+from cohortctl.characterise.survival import MAX_KM_STEPS
 
 
 def _cohort(sizes: dict[int, int], scales: dict[int, float], seed: int) -> pl.DataFrame:
@@ -109,8 +110,10 @@ def test_km_curve_points_truncation_and_coarsening() -> None:
     for time, surv, lo, at_risk in zip(
         curve.times[1:], curve.survival[1:], curve.ci_lower[1:], curve.at_risk[1:], strict=True
     ):
-        assert surv == pytest.approx(float(kmf.survival_function_at_times(time).iloc[0]))
-        assert lo == pytest.approx(float(kmf.confidence_interval_.loc[time].iloc[0]))
+        # Published to 4 decimals.
+        assert surv == pytest.approx(float(kmf.survival_function_at_times(time).iloc[0]),
+                                     abs=5e-5)
+        assert lo == pytest.approx(float(kmf.confidence_interval_.loc[time].iloc[0]), abs=5e-5)
         assert at_risk == et.loc[time, "at_risk"] >= 5
         # Each displayed step aggregates at least min_cell events.
         step_events = et.loc[(et.index > prev) & (et.index <= time), "observed"].sum()
@@ -120,6 +123,21 @@ def test_km_curve_points_truncation_and_coarsening() -> None:
     last_ok = et[(et["at_risk"] >= 5) & (et["observed"] > 0)].index.max()
     assert curve.times[-1] <= last_ok
     assert km_curve(t[:4], e[:4], 5).withheld
+
+
+def test_km_curve_steps_are_bounded_on_large_cohorts() -> None:
+    """At 100,000 patients a step per min_cell events made every curve thousands of points
+    long; steps grow instead, so a curve has at most MAX_KM_STEPS of them."""
+    rng = np.random.default_rng(0)
+    t = rng.exponential(100, 20_000)
+    e = rng.random(20_000) < 0.8
+    curve = km_curve(t, e, 5)
+    assert 100 <= len(curve.times) - 1 <= MAX_KM_STEPS
+    kmf = KaplanMeierFitter().fit(t, e)
+    et = kmf.event_table
+    per_step = [et.loc[(et.index > a) & (et.index <= b), "observed"].sum()
+                for a, b in zip(curve.times[:-1], curve.times[1:], strict=True)]
+    assert min(per_step) >= e.sum() / MAX_KM_STEPS
 
 
 def test_missing_time_excluded_and_counted() -> None:

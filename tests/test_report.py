@@ -180,6 +180,26 @@ def test_html_is_self_contained(small_cluster_store: Path, tmp_path: Path) -> No
     assert "P0-000" not in html  # identifiers only with --include-ids
 
 
+def test_vendored_plotly_is_the_recorded_file_and_draws_every_trace(
+        small_cluster_store: Path) -> None:
+    """The inlined plotly.js is the file whose provenance report/vendor/README.md records,
+    and its cartesian bundle has every trace type the report draws."""
+    import hashlib
+    from importlib import resources
+
+    vendor = resources.files("cohortctl.report") / "vendor"
+    data = (vendor / "plotly-cartesian.min.js").read_bytes()
+    recorded = re.search(r"SHA256: ([0-9a-f]{64})", (vendor / "README.md").read_text())
+    assert recorded and hashlib.sha256(data).hexdigest() == recorded.group(1)
+    assert b"plotly.js (cartesian - minified) v4.1.1" in data[:200]
+    rep = gather(Store.open(small_cluster_store))
+    figures = [*rep.figures.values()]
+    if "embedding" in rep.figures:
+        figures += list(rep.figures["embedding"]["embedding"]["views"].values())
+    kinds = {t.get("type", "scatter") for f in figures for t in f.get("data", [])}
+    assert kinds and kinds <= {"scatter", "bar", "heatmap"}, kinds
+
+
 def test_include_ids_and_tables_dir(small_cluster_store: Path, tmp_path: Path) -> None:
     st = Store.open(small_cluster_store)
     write_report(st, out=tmp_path / "r.json", fmt="json", tables_dir=tmp_path / "t")

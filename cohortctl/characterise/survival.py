@@ -120,6 +120,12 @@ class KMCurve:
         ]
 
 
+#: Most steps drawn per Kaplan–Meier curve (see :func:`km_curve`).
+MAX_KM_STEPS = 150
+#: Decimals of published survival probabilities and their bounds.
+KM_DECIMALS = 4
+
+
 def km_curve(
     time: np.ndarray,
     event: np.ndarray,
@@ -148,6 +154,9 @@ def km_curve(
     out.at_risk.append(int(time.size))
     cum = 0
     last_ok = 0.0
+    # Each drawn step aggregates at least min_cell events, and a curve has at most
+    # MAX_KM_STEPS steps (at 100,000 patients a step per 5 events made reports of 10+ MB).
+    per_step = max(min_cell, math.ceil(int(event.sum()) / MAX_KM_STEPS))
     for t, d, n in zip(
         et.index.to_numpy(dtype=float),
         et["observed"].to_numpy(),
@@ -160,12 +169,12 @@ def km_curve(
             break
         last_ok = float(t)
         cum += int(d)
-        if cum >= min_cell:
+        if cum >= per_step:
             cum = 0
             out.times.append(float(t))
-            out.survival.append(float(sf.loc[t]))
-            out.ci_lower.append(float(ci.iloc[:, 0].loc[t]))
-            out.ci_upper.append(float(ci.iloc[:, 1].loc[t]))
+            out.survival.append(round(float(sf.loc[t]), KM_DECIMALS))
+            out.ci_lower.append(round(float(ci.iloc[:, 0].loc[t]), KM_DECIMALS))
+            out.ci_upper.append(round(float(ci.iloc[:, 1].loc[t]), KM_DECIMALS))
             out.at_risk.append(int(n))
     med = float(kmf.median_survival_time_)
     out.median_reached = math.isfinite(med)

@@ -74,9 +74,12 @@ class Report:
 
 
 def _add_table(rep: Report, sec: dict[str, Any], name: str, title: str, table: pl.DataFrame,
-               *, max_rows: int = 60) -> None:
+               *, max_rows: int = 60, sortable: bool = True) -> None:
+    """A table item; ``sortable=False`` for tables whose row order carries meaning (Table 1's
+    variables and levels, numbers at risk)."""
     rep.tables[name] = table
-    sec["items"].append({"type": "table", "name": name, "title": title, "max_rows": max_rows})
+    sec["items"].append({"type": "table", "name": name, "title": title, "max_rows": max_rows,
+                         "sortable": sortable})
 
 
 def _add_figure(rep: Report, sec: dict[str, Any], name: str, title: str,
@@ -474,7 +477,7 @@ def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     # the cheapest complement for a small cell: it stays protected.
     t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell,
                       release=rep.release, release_columns=[roles.get("treatment") or ""])
-    _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200)
+    _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200, sortable=False)
     for n in t1.notes:
         _add_text(sec, n)
     rep.data["clinical"] = t1.to_dict()
@@ -511,7 +514,8 @@ def _survival_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
     _add_figure(rep, sec, "km", "Kaplan–Meier by cluster",
                 _km_figure(res.curves, "group", time_label=time_label))
     if res.at_risk is not None:
-        _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", res.at_risk)
+        _add_table(rep, sec, "km_at_risk", f"Numbers at risk ({time_label})", res.at_risk,
+                   sortable=False)
     _add_table(rep, sec, "survival", "Median survival and hazard ratios", res.summary)
     forest = _forest_figure(res.cox)
     if forest is not None:

@@ -6,6 +6,7 @@ import re
 
 from cohortctl import __version__
 from cohortctl.report.build import Report
+from cohortctl.report.display import PQ_LEGEND, has_p_values, numeric_columns
 
 MD_MAX_ROWS = 25
 
@@ -62,13 +63,17 @@ def render_markdown(rep: Report) -> str:
                 df = rep.tables[item["name"]]
                 if df.width == 0:
                     continue
+                rows = [["" if v is None else str(v) for v in row] for row in df.iter_rows()]
+                align = ["---:" if num else "---" for num in numeric_columns(rows, df.width)]
                 lines += [f"**{_text(item['title'])}**", "",
                           "| " + " | ".join(_cell(c) for c in df.columns) + " |",
-                          "|" + "---|" * df.width]
+                          "|" + "|".join(align) + "|"]
                 for row in df.head(MD_MAX_ROWS).iter_rows():
                     lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
                 if df.height > MD_MAX_ROWS:
                     lines.append(f"\n_{df.height - MD_MAX_ROWS} more rows (see --tables)._")
+                if has_p_values(df.columns):
+                    lines += ["", f"_{_text(PQ_LEGEND)}_"]
                 lines.append("")
             elif item["type"] == "figure":
                 lines += [f"_Figure: {_text(item['title'])} (HTML report only)._", ""]
