@@ -110,10 +110,10 @@ def test_km_curve_points_truncation_and_coarsening() -> None:
     for time, surv, lo, at_risk in zip(
         curve.times[1:], curve.survival[1:], curve.ci_lower[1:], curve.at_risk[1:], strict=True
     ):
-        # Published to 4 decimals.
+        # Published to 3 decimals.
         assert surv == pytest.approx(float(kmf.survival_function_at_times(time).iloc[0]),
-                                     abs=5e-5)
-        assert lo == pytest.approx(float(kmf.confidence_interval_.loc[time].iloc[0]), abs=5e-5)
+                                     abs=5e-4)
+        assert lo == pytest.approx(float(kmf.confidence_interval_.loc[time].iloc[0]), abs=5e-4)
         assert at_risk == et.loc[time, "at_risk"] >= 5
         # Each displayed step aggregates at least min_cell events.
         step_events = et.loc[(et.index > prev) & (et.index <= time), "observed"].sum()

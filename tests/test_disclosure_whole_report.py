@@ -68,8 +68,13 @@ def _cohort(tmp: Path, seed: int, sizes: list[int], small_arm: dict[int, int], *
         resp[rng.choice(n, 7, replace=False)] = None
     pl.DataFrame({"patient_id": ids, **{f"g{j}": [r[j] for r in rows] for j in range(6)}}
                  ).write_parquet(tmp / "mol.parquet")
-    pl.DataFrame({"patient_id": ids, "arm": arm.tolist(), "best_response": resp.tolist(),
-                  "os_days": time, "os_event": event, "age": rng.integers(30, 85, n)}
+    # Copies of roles under other names: a regimen column repeating the arm, a vital status
+    # repeating the event (missing without follow-up).
+    vital = [None if not np.isfinite(t) else ("dead" if e else "alive")
+             for t, e in zip(time, event, strict=True)]
+    pl.DataFrame({"patient_id": ids, "arm": arm.tolist(), "regimen": arm.tolist(),
+                  "best_response": resp.tolist(), "os_days": time, "os_event": event,
+                  "vital": vital, "age": rng.integers(30, 85, n)}
                  ).write_parquet(tmp / "clin.parquet")
     store = tmp / "store"
     assert main(["-q", "ingest", "-o", str(store), "--molecular", f"expr={tmp / 'mol.parquet'}",
@@ -105,6 +110,8 @@ class _System:
         self.arms = sorted({a for a in truth["arm"].to_list() if a is not None})
         self.atoms = list(itertools.product(self.clusters, [*self.arms, None], SURV, RESP))
         self.eq: list[tuple[np.ndarray, float]] = []
+        #: Withheld counts a reader knows are >= 1 (zeros are shown).
+        self.ge: list[np.ndarray] = []
         self.truth = truth
 
     def mask(self, **where: Any) -> np.ndarray:
@@ -129,15 +136,18 @@ class _System:
             assert self.true_value(m) == value, f"oracle model does not match the report: {name}"
             self.eq.append((m, float(value)))
 
-    def span(self, m: np.ndarray) -> float:
-        """max - min of the count ``m`` selects, given everything published."""
-        a = np.array([e[0] for e in self.eq])
-        b = np.array([e[1] for e in self.eq])
-        bounds = [(0, None)] * len(self.atoms)
-        lo = linprog(m, A_eq=a, b_eq=b, bounds=bounds, method="highs")
-        hi = linprog(-m, A_eq=a, b_eq=b, bounds=bounds, method="highs")
+    def pinned(self, m: np.ndarray) -> bool:
+        """Whether the count ``m`` selects is one integer given everything published, the
+        non-negative unknowns and the withheld counts known to be >= 1."""
+        kw: dict[str, Any] = {"A_eq": np.array([e[0] for e in self.eq]),
+                              "b_eq": np.array([e[1] for e in self.eq]),
+                              "bounds": [(0, None)] * len(self.atoms), "method": "highs"}
+        if self.ge:
+            kw.update(A_ub=-np.array(self.ge), b_ub=-np.ones(len(self.ge)))
+        lo = linprog(m, **kw)
+        hi = linprog(-m, **kw)
         assert lo.status == 0 and hi.status == 0
-        return float(-hi.fun - lo.fun)
+        return np.floor(-hi.fun + 1e-7) <= np.ceil(lo.fun - 1e-7)
 
 
 def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.ndarray]]:
@@ -147,25 +157,41 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
     for c in data["groups"]["clusters"]:
         system.publish(system.mask(k={c["cluster"]}), c["n"])
 
-    def count(name: str, m: np.ndarray, value: int | None, suppressed: bool) -> None:
+    def count(name: str, m: np.ndarray, value: int | None, suppressed: bool,
+              at_least_one: bool = True) -> None:
         if suppressed:
             withheld.append((name, m))
+            if at_least_one:
+                system.ge.append(m)
         else:
             system.publish(m, value, name)
 
+    sizes = {c["cluster"]: c["n"] for c in data["groups"]["clusters"]}
+    vital = {"dead": {"E"}, "alive": {"C"}}
     for var in data.get("clinical", {}).get("variables", []):
-        if var["variable"] != "arm":
+        if var["variable"] not in ("arm", "regimen", "vital"):
             continue
         named = {lev["level"] for lev in var["levels"]}
+        missing = {c["cluster"]: c["n"] for lev in var["levels"] if lev["is_missing"]
+                   for c in lev["cells"]}
         for lev in var["levels"]:
-            a = {None} if lev["is_missing"] else {lev["level"]}
-            if lev["level"] == "other (rare levels)" or lev["level"].endswith(" or other"):
-                # Pooled rare levels: every arm not shown on its own line.
-                host = lev["level"].removesuffix(" or other")
-                a = {host} | (set(system.arms) - named)
+            if var["variable"] == "vital":
+                where = {"s": {"X"} if lev["is_missing"] else vital[lev["level"]]}
+            else:
+                a = {None} if lev["is_missing"] else {lev["level"]}
+                if lev["level"] == "other (rare levels)" or lev["level"].endswith(" or other"):
+                    # Pooled rare levels: every arm not shown on its own line.
+                    host = lev["level"].removesuffix(" or other")
+                    a = {host} | (set(system.arms) - named)
+                where = {"a": a}
             for cell in lev["cells"]:
-                count(f"table1 {lev['level']} c{cell['cluster']}",
-                      system.mask(k={cell["cluster"]}, a=a), cell["n"], cell["n_suppressed"])
+                k = cell["cluster"]
+                # Where fewer than min-cell patients of a cluster have a value, zeros are
+                # withheld too: a withheld cell there may be 0.
+                thin = missing.get(k) is not None and sizes[k] - missing[k] < MIN_CELL
+                count(f"table1 {var['variable']} {lev['level']} c{k}",
+                      system.mask(k={k}, **where), cell["n"], cell["n_suppressed"],
+                      at_least_one=not thin)
             if "overall" in lev:
                 o = lev["overall"]
                 count(f"table1 {lev['level']} overall", system.mask(k=set(shown), a=a),
@@ -214,7 +240,7 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
 
 def _assert_nothing_recoverable(system: _System, withheld: list[tuple[str, np.ndarray]]) -> None:
     pinned = [(name, system.true_value(m)) for name, m in withheld
-              if system.true_value(m) > 0 and system.span(m) < 0.5]
+              if system.true_value(m) > 0 and system.pinned(m)]
     assert not pinned, f"withheld counts recoverable from the whole report: {pinned}"
 
 
@@ -230,6 +256,7 @@ def test_no_withheld_count_recoverable_across_sections(tmp_path: Path, seed: int
     data = json.loads(json.dumps(rep_to_json(gather(Store.open(store), min_cell=MIN_CELL))))
     system = _System(_truth(store))
     withheld = _read_report(system, data)
+    assert {"arm", "regimen", "vital"} <= {v["variable"] for v in data["clinical"]["variables"]}
     # The planted small arms are withheld somewhere (the oracle is not vacuous) ...
     for section in ("surv-trt n", "resp n"):
         assert any(name.startswith(section) and name.endswith(" C") for name, _ in withheld)
@@ -265,3 +292,50 @@ def test_oracle_catches_sections_protected_one_by_one(tmp_path: Path) -> None:
     withheld = _read_report(system, json.loads(json.dumps(data)))
     with pytest.raises(AssertionError, match="recoverable"):
         _assert_nothing_recoverable(system, withheld)
+
+
+def test_curves_and_medians_only_with_published_events(tmp_path: Path) -> None:
+    """A drawn curve bounds its events (each step holds at least min-cell of them) and the
+    numbers at risk along it rebuild the events between steps: no curve, median or number
+    at risk where the events are withheld, and never numbers at risk inside a curve."""
+    store = _cohort(tmp_path, 4, [60, 45, 30], {2: 3})
+    data = json.loads(json.dumps(rep_to_json(gather(Store.open(store), min_cell=MIN_CELL))))
+    groups = [*data["survival"]["clusters"],
+              *(g for c in data["survival_by_treatment"]["clusters"] for g in c["groups"])]
+    assert any(g["events_suppressed"] for g in groups)
+    for g in groups:
+        assert "at_risk" not in g["curve"]
+        if g["events_suppressed"] or g["n_suppressed"]:
+            assert g["curve"]["withheld"] and not g["curve"]["times"]
+            assert g["median"] is None
+
+
+def _relabel(store: Path, labels: dict[str, int]) -> None:
+    """Force some of the run's labels (a test artefact; the run's checksum follows)."""
+    import hashlib
+
+    run = Store.open(store).resolve_run("latest")
+    a = pl.read_parquet(run / "assignments.parquet")
+    a = a.with_columns(pl.Series("cluster", [labels.get(p, k) for p, k in a.select(
+        "patient_id", "cluster").iter_rows()], dtype=a["cluster"].dtype))
+    a.write_parquet(run / "assignments.parquet")
+    meta = json.loads((run / "run.json").read_text())
+    meta["files"]["assignments.parquet"] = hashlib.sha256(
+        (run / "assignments.parquet").read_bytes()).hexdigest()
+    (run / "run.json").write_text(json.dumps(meta))
+
+
+def test_folded_groups_are_not_split_by_other_totals(tmp_path: Path) -> None:
+    """3 unassigned patients and a 2-patient cluster share the folded line (5): neither the
+    unassigned count nor the assigned total (which gives it back) is published."""
+    store = _cohort(tmp_path, 6, [60, 45, 30], {})
+    ids = pl.read_parquet(Store.open(store).resolve_run("latest") / "assignments.parquet")
+    by_cluster = ids.group_by("cluster").agg("patient_id").sort("cluster")
+    first, second = by_cluster["patient_id"][0].to_list(), by_cluster["patient_id"][1].to_list()
+    _relabel(store, {**{p: -1 for p in first[:3]}, **{p: 7 for p in second[:2]}})
+    data = json.loads(json.dumps(rep_to_json(gather(Store.open(store), min_cell=MIN_CELL))))
+    groups = data["groups"]
+    assert groups["not_clustered_or_withheld"] == 5
+    assert groups["unassigned"] is None and groups["n_assigned"] is None
+    text = json.dumps(data)
+    assert "3 patients unassigned" not in text and "2 patients" not in text

@@ -213,6 +213,33 @@ def test_include_ids_and_tables_dir(small_cluster_store: Path, tmp_path: Path) -
     assert "patient_id" in emb.columns and emb["patient_id"].str.starts_with("P").all()
 
 
+def test_tables_dir_holds_typed_numbers_with_a_dictionary(small_cluster_store: Path,
+                                                          tmp_path: Path) -> None:
+    """--tables: the protected numbers as typed columns (a count is an integer, a withheld
+    one an empty cell beside its flag), every column described, no quoted empty strings."""
+    out = tmp_path / "t"
+    write_report(Store.open(small_cluster_store), out=tmp_path / "r.json", fmt="json",
+                 tables_dir=out)
+    data = json.loads((tmp_path / "r.json").read_text())
+    t1 = pl.read_parquet(out / "data_table1.parquet")
+    assert t1.schema["n"] == pl.Int64 and t1.schema["n_suppressed"] == pl.Boolean
+    assert t1.schema["percent"] == pl.Float64
+    assert t1.filter(pl.col("n_suppressed"))["n"].null_count() == t1["n_suppressed"].sum()
+    groups = pl.read_parquet(out / "data_groups.parquet")
+    shown = [c["n"] for c in data["groups"]["clusters"]]
+    assert groups["n"].to_list() == shown
+    assert pl.read_csv(out / "data_table1.tsv", separator="\t").schema["n"] == pl.Int64
+    dictionary = pl.read_parquet(out / "data_dictionary.parquet")
+    for path in out.glob("data_*.parquet"):
+        if path.stem == "data_dictionary":
+            continue
+        cols = set(dictionary.filter(pl.col("table") == path.stem)["column"])
+        assert cols == set(pl.read_parquet(path).columns), path.stem
+    assert dictionary["description"].str.len_chars().min() > 10
+    for tsv in out.glob("*.tsv"):
+        assert '""' not in tsv.read_text(), tsv.name
+
+
 def test_summary_comes_first_and_repeats_only_protected_numbers(
         small_cluster_store: Path, tmp_path: Path) -> None:
     rep = gather(Store.open(small_cluster_store), min_cell=5)

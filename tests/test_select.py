@@ -151,7 +151,7 @@ def test_max_groups_is_respected() -> None:
 def test_report_caveats_and_selection_table() -> None:
     """The report says when nothing was found, when the choice was close, and which
     groups are unstable; the candidate table keeps numbers as numbers."""
-    from cohortctl.report.build import _selection_table, selection_caveats
+    from cohortctl.report.build import _published_score, _selection_table, selection_caveats
 
     none = select.choose([_cand("ward", 2, [50, 50], 0.9, 0.85)], RULE)
     text = selection_caveats({"selection": none.summary()}, [])
@@ -167,10 +167,13 @@ def test_report_caveats_and_selection_table() -> None:
     assert selection_caveats({"selection": decisive.summary()}, []) == []
     rows = [c.row(RULE) for c in (_cand("ward", 3, [40, 30, 30], 0.9, 0.3),
                                   _cand("hdbscan", 5, [10] * 10, 0.99, 0.1))]
-    table = _selection_table(rows)
+    table = _selection_table([_published_score(r, 11) for r in rows], 11)
     assert table["candidate"].to_list() == ["ward K=3", "hdbscan size=5"]
     assert table["score"].to_list() == [0.6, 0.89]
     assert table["usable"].to_list() == ["yes", "no: more than 8 groups"]
+    # A group below the minimum cell shows only as such (for the chosen candidate it would
+    # be a folded group's size).
+    assert table["smallest group"].to_list() == ["30", "<11"]
 
 
 def test_fast_adjusted_rand_equals_scikit_learn() -> None:

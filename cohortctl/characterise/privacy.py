@@ -53,8 +53,9 @@ number of patients of that cluster lacking the data; the functions' default
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -629,6 +630,65 @@ def suppress_nested(
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Fact:
+    """One count of a :class:`Release`: the patients it counts and how it was published."""
+
+    patients: np.ndarray
+    #: "structural" (published regardless, e.g. a cluster size), "shown" (published),
+    #: "withheld" (displayed as withheld: a reader knows it is at least 1, as zeros are
+    #: shown) or "hidden" (never displayed; protected when small).
+    kind: str
+    rank: int = 1
+
+    @property
+    def signature(self) -> bytes:
+        return hashlib.blake2b(self.patients.tobytes(), digest_size=16).digest()
+
+
+def _pinned(inc: np.ndarray, av: np.ndarray, eq: np.ndarray, ge: np.ndarray, t: int) -> bool:
+    """Whether count ``t`` (row of the facts x atoms incidence ``inc``) takes one value in
+    every non-negative integer solution with the ``eq`` rows at their values and the ``ge``
+    rows at least 1 (two mixed-integer programs, scipy's HiGHS ``milp``)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    cons = []
+    if eq.any():
+        cons.append(LinearConstraint(inc[eq], av[eq], av[eq]))
+    if ge.any():
+        cons.append(LinearConstraint(inc[ge], 1, np.inf))
+    kw: dict[str, Any] = {"constraints": cons, "integrality": np.ones(inc.shape[1]),
+                          "bounds": Bounds(0, np.inf)}
+    lo = milp(inc[t], **kw)
+    hi = milp(-inc[t], **kw)
+    if lo.status != 0 or hi.status != 0:
+        return False
+    return round(-hi.fun) <= round(lo.fun)
+
+
+class _Useful:
+    """Whether withholding a count can protect anything (it is not pinned by what stays
+    published whatever is withheld), computed once per count."""
+
+    def __init__(self, test: Callable[[int], bool]) -> None:
+        self._test = test
+        self._seen: dict[int, bool] = {}
+
+    def __call__(self, j: int) -> bool:
+        if j not in self._seen:
+            self._seen[j] = self._test(int(j))
+        return self._seen[j]
+
+
+def _linear_status(fact: _Fact, new: bool) -> str:
+    """A fact's status for :func:`suppress_linear`: counts published by earlier sections
+    are public; a new shown count may still be withheld; withheld and hidden ones are
+    protected."""
+    if fact.kind == "structural" or (fact.kind == "shown" and not new):
+        return "public"
+    return "shown" if fact.kind == "shown" else "protected"
+
+
 class Release:
     """Every count that several report sections publish about the same patients, protected
     together (docs/usage.md, "Disclosure control").
@@ -640,22 +700,27 @@ class Release:
     report's patient list), so a count published anywhere is a linear fact about the same
     unknowns. :meth:`protect` withholds, among a section's new counts, what is needed so that
     no count withheld in any section so far -- nor any small count never shown -- is
-    determined by everything published so far (exactly: by any linear combination;
-    :func:`suppress_linear` on the atoms, the groups of patients counted by the same sets).
-    Earlier sections are never revised: later ones withhold more instead. Numbers of
+    determined by everything published so far: first exactly by linear combinations
+    (:func:`suppress_linear` on the atoms, the groups of patients counted by the same sets),
+    then with bounds (:func:`_pinned`: non-negative integers, and withheld counts at least 1
+    since zeros are shown). A section cannot revise what earlier sections published: when
+    a later count is pinned by them, :meth:`audit` names the earlier counts to withhold and
+    the report is computed again with them ``forced`` (see :func:`gather`). Numbers of
     patients lacking a value (no follow-up, no response, no treatment) are treated alike by
     every section of a release (``protect_missing``): one section publishing what another
     protects would make the protection void.
     """
 
     def __init__(self, patient_ids: Iterable[str], min_cell: int = 5, *,
-                 protect_missing: bool = True) -> None:
+                 protect_missing: bool = True, forced: frozenset[bytes] = frozenset()) -> None:
         self.min_cell = check_min_cell(min_cell)
         #: Whether numbers of patients lacking a value are protected (else structural and
         #: public); one choice for every section of the release (:class:`DisclosurePolicy`).
         self.protect_missing = protect_missing
+        #: Signatures of counts to withhold whatever their section decides (from an audit).
+        self.forced = forced
         self._index = {str(p): i for i, p in enumerate(patient_ids)}
-        self._facts: list[tuple[np.ndarray, str]] = []
+        self._facts: list[_Fact] = []
 
     def positions(self, ids: Iterable[Any]) -> np.ndarray:
         """Positions of ``ids`` in the release's patient list."""
@@ -673,36 +738,139 @@ class Release:
         ``min_cell``, e.g. non-responders) or ``"public"`` (published regardless, e.g. a
         cluster size); ``rank`` orders the choice of complements (lower first).
         """
-        sets = [np.unique(np.asarray(m, dtype=np.int64)) for m, _, _ in entries]
-        status, keep = [], []
-        for i, (s, (_, st, _)) in enumerate(zip(sets, entries, strict=True)):
+        new: list[_Fact] = []
+        where: list[int] = []  # entry -> index in new (or -1: hidden and not small)
+        for m, st, rank in entries:
             if st not in ("shown", "hidden", "public"):
                 raise ValueError(f"entry status {st!r}")
-            if st == "hidden":
-                if 0 < s.size < self.min_cell:
-                    status.append("protected")
-                    keep.append(i)
-            else:
-                status.append(st)
-                keep.append(i)
-        all_sets = [f for f, _ in self._facts] + [sets[i] for i in keep]
-        all_status = [s for _, s in self._facts] + status
-        rank = [1] * len(self._facts) + [entries[i][2] for i in keep]
-        withheld = np.array([st == "hidden" for _, st, _ in entries], dtype=bool)
-        if all_sets:
-            aggs, values = self._atoms(all_sets)
+            f = _Fact(np.unique(np.asarray(m, dtype=np.int64)),
+                      {"public": "structural", "shown": "shown", "hidden": "hidden"}[st],
+                      int(rank))
+            if st == "hidden" and not 0 < f.patients.size < self.min_cell:
+                where.append(-1)
+                continue
+            where.append(len(new))
+            new.append(f)
+        facts = self._facts + new
+        w = np.array([f.kind in ("withheld", "hidden") for f in facts], dtype=bool)
+        if facts:
+            old = len(self._facts)
+            aggs, values = self._atoms([f.patients for f in facts])
+            status = [_linear_status(f, i >= old) for i, f in enumerate(facts)]
             sup = suppress_linear(values, aggs, self.min_cell, cell_status=["free"] * len(values),
-                                  aggregate_status=all_status, aggregate_rank=rank)
-            new = sup.aggregates[len(self._facts):]
-            for j, i in enumerate(keep):
-                if entries[i][1] == "shown":
-                    withheld[i] = bool(new[j])
-        for i, (s, (_, st, _)) in enumerate(zip(sets, entries, strict=True)):
-            if st == "public" or (st == "shown" and not withheld[i]):
-                self._facts.append((s, "public"))
-            elif s.size and (st == "shown" or s.size < self.min_cell):
-                self._facts.append((s, "protected"))
+                                  aggregate_status=status,
+                                  aggregate_rank=[f.rank for f in facts])
+            w = sup.aggregates.copy()
+            for j, f in enumerate(new):
+                if f.kind == "shown" and f.signature in self.forced:
+                    w[old + j] = True
+            inc, av = self._incidence(aggs, values)
+            self._free(inc, av, facts, w, new_from=old)
+            # A count the structural counts fix (a cluster's analysed n = its size minus
+            # those lacking follow-up) is public whatever it is: shown, not marked withheld.
+            structural = np.array([f.kind == "structural" for f in facts])
+            none = np.zeros(len(facts), dtype=bool)
+            for j, f in enumerate(new):
+                t = old + j
+                if f.kind == "shown" and w[t] and f.signature not in self.forced and \
+                        _pinned(inc, av, structural, none, t):
+                    w[t] = False
+        withheld = np.ones(len(entries), dtype=bool)
+        for i, j in enumerate(where):
+            if j < 0:
+                continue
+            f = new[j]
+            hide = bool(w[len(self._facts) + j]) and f.kind == "shown"
+            withheld[i] = f.kind == "hidden" or hide
+            if hide:
+                f = _Fact(f.patients, "withheld" if f.patients.size else "shown", f.rank)
+            new[j] = f
+        withheld &= np.array([st != "public" for _, st, _ in entries])
+        self._facts.extend(new)
         return withheld
+
+    def _targets(self, facts: list[_Fact], av: np.ndarray, w: np.ndarray) -> list[int]:
+        """Counts that must not be pinned: withheld shown counts and small hidden ones."""
+        return [t for t, f in enumerate(facts) if av[t] > 0 and (
+            (w[t] and f.kind in ("shown", "withheld"))
+            or (f.kind == "hidden" and av[t] < self.min_cell))]
+
+    def _free(self, inc: np.ndarray, av: np.ndarray, facts: list[_Fact], w: np.ndarray, *,
+              new_from: int) -> None:
+        """Withhold more of the new shown counts (``w``, in place) until no target is pinned
+        with bounds (:func:`_pinned`). A count pinned even with every new count withheld is
+        left to :meth:`audit` (earlier sections must withhold instead)."""
+        kinds = np.array([f.kind for f in facts])
+        new = np.arange(len(facts)) >= new_from
+        shown = (kinds == "shown") & new
+        shown_kind = np.isin(kinds, ["shown", "withheld"])
+        fixed_eq = (kinds == "structural") | ((kinds == "shown") & ~new)
+
+        def pinned(wd: np.ndarray, t: int) -> bool:
+            return _pinned(inc, av, fixed_eq | (shown & ~wd), wd & shown_kind & (av > 0), t)
+
+        everything = w | (shown & (av > 0))
+        pending = [t for t in self._targets(facts, av, w) if not pinned(everything, t)]
+        useful = _Useful(lambda j: not pinned(everything, j))
+        # Withholding more only widens every range: a count found free stays free.
+        while pending:
+            hit = pending[0]
+            if not pinned(w, hit):
+                pending.pop(0)
+                continue
+            cands = sorted((facts[j].rank, av[j], j)
+                           for j in np.flatnonzero(shown & ~w & (av > 0)) if useful(j))
+            for _, _, j in cands:
+                trial = w.copy()
+                trial[j] = True
+                if not pinned(trial, hit):
+                    w[j] = True
+                    break
+            else:  # no single complement helps: withhold every new shown count
+                w[:] = everything
+
+    def audit(self) -> frozenset[bytes]:
+        """Signatures of published counts to withhold so that no withheld or small hidden
+        count of the whole release is pinned (empty when none is). Counts pinned by
+        structural counts alone cannot be helped and are skipped."""
+        facts = self._facts
+        if not facts:
+            return frozenset()
+        aggs, values = self._atoms([f.patients for f in facts])
+        inc, av = self._incidence(aggs, values)
+        kinds = np.array([f.kind for f in facts])
+        w = np.isin(kinds, ["withheld", "hidden"])
+        shown = np.isin(kinds, ["shown"])
+        shown_kind = np.isin(kinds, ["shown", "withheld"])
+        structural = kinds == "structural"
+
+        def pinned(wd: np.ndarray, t: int) -> bool:
+            return _pinned(inc, av, structural | (shown & ~wd), wd & shown_kind & (av > 0), t)
+
+        everything = w | (shown & (av > 0))
+        useful = _Useful(lambda j: not pinned(everything, j))
+        force: set[bytes] = set()
+        for t in self._targets(facts, av, w):
+            if pinned(everything, t):
+                continue
+            while pinned(w, t):
+                cands = sorted((facts[j].rank, av[j], j)
+                               for j in np.flatnonzero(shown & ~w & (av > 0)) if useful(j))
+                chosen = next((j for _, _, j in cands
+                               if not pinned(w | (np.arange(len(facts)) == j), t)), None)
+                picks = [chosen] if chosen is not None else [j for _, _, j in cands]
+                for j in picks:
+                    w[j] = True
+                    force.add(facts[j].signature)
+        return frozenset(force)
+
+    @staticmethod
+    def _incidence(aggs: list[list[int]], values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Facts x atoms incidence matrix and the facts' values."""
+        inc = np.zeros((len(aggs), len(values)))
+        for i, members in enumerate(aggs):
+            inc[i, members] = 1.0
+        return inc, inc @ np.asarray(values, dtype=float)
 
     def _atoms(self, sets: list[np.ndarray]) -> tuple[list[list[int]], list[int]]:
         """Group patients by the sets they belong to: each set as a list of atoms, and the

@@ -74,7 +74,6 @@ _CURVE_SCHEMA = {
     "survival": pl.Float64,
     "ci_lower": pl.Float64,
     "ci_upper": pl.Float64,
-    "at_risk": pl.Int64,
 }
 
 
@@ -98,8 +97,10 @@ class KMCurve:
     median_withheld: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable curve (numbers at risk as the policy in force publishes them)."""
-        return to_jsonable({**self.__dict__, "at_risk": [published(n) for n in self.at_risk]})
+        """JSON-serialisable curve. The numbers at risk at its steps are not published: with
+        the survival and its bounds they rebuild the deaths and censorings between the
+        steps (the numbers-at-risk table is the one protected place for them)."""
+        return to_jsonable({k: v for k, v in self.__dict__.items() if k != "at_risk"})
 
     def rows(self) -> list[dict[str, Any]]:
         """Long-format rows for plotting."""
@@ -112,18 +113,18 @@ class KMCurve:
                 "survival": s,
                 "ci_lower": lo,
                 "ci_upper": hi,
-                "at_risk": published(n),
             }
-            for t, s, lo, hi, n in zip(
-                self.times, self.survival, self.ci_lower, self.ci_upper, self.at_risk, strict=True
+            for t, s, lo, hi in zip(
+                self.times, self.survival, self.ci_lower, self.ci_upper, strict=True
             )
         ]
 
 
 #: Most steps drawn per Kaplan–Meier curve (see :func:`km_curve`).
 MAX_KM_STEPS = 150
-#: Decimals of published survival probabilities and their bounds.
-KM_DECIMALS = 4
+#: Decimals of published survival probabilities and their bounds (more would help rebuild
+#: the events and censorings behind a coarsened step).
+KM_DECIMALS = 3
 
 
 def km_curve(
@@ -509,7 +510,9 @@ def survival_by_cluster(
         e_sup = bool(sup.positive[j].get("all", False))
         n_sup_l.append(n_sup)
         e_sup_l.append(e_sup)
-        if n_sup or na[j] == 0:
+        # A curve (and its median) only with n and events published: its steps bound the
+        # events (each step holds at least min_cell of them).
+        if n_sup or e_sup or na[j] == 0:
             c = KMCurve(group=cluster_name(k), cluster=k, treatment=None, withheld=True)
         else:
             c = km_curve(t_all[m], e_all[m], min_cell, group=cluster_name(k), cluster=k)
@@ -773,7 +776,9 @@ def survival_by_treatment_within_cluster(
                 gm = m & (trt == g)
                 c = km_curve(t_all[gm], e_all[gm], min_cell, group=name, cluster=k, treatment=g)
                 if not c.withheld:
-                    usable.append(g)
+                    usable.append(g)  # in the test (coarsened when its events are withheld)
+                if e_sup:  # no curve nor median: see survival_by_cluster
+                    c = KMCurve(group=name, cluster=k, treatment=g, withheld=True)
             curves.append(c)
             groups.append(
                 {

@@ -52,7 +52,7 @@ from cohortctl.characterise.privacy import (
     to_jsonable,
 )
 
-__all__ = ["TableOne", "table_one"]
+__all__ = ["TableOne", "linked_columns", "table_one"]
 
 #: Column names that look like identifiers (skipped whatever their content).
 _ID_SUFFIX = re.compile(r"(?:^|[_\W])(?:id|ids|uuid|guid|barcode|mrn|ssn)$", re.IGNORECASE)
@@ -135,6 +135,45 @@ def _skip_reason(
     return None
 
 
+def _determines(frame: pl.DataFrame, a: str, b: str) -> bool:
+    """Whether column ``a`` determines ``b`` (each value of ``a`` goes with one value of
+    ``b``) on the rows where both have a value, ``b`` taking at least two values."""
+    both = frame.select(pl.col(a).cast(pl.String), pl.col(b).cast(pl.String)).drop_nulls()
+    if both.height == 0 or both[b].n_unique() < 2:
+        return False
+    return int(both.group_by(a).agg(pl.col(b).n_unique()).get_column(b).max()) == 1
+
+
+def linked_columns(frame: pl.DataFrame, columns: Sequence[str],
+                   anchors: Sequence[str]) -> list[str]:
+    """The categorical ``columns`` whose counts must be protected together with others: a
+    column that determines, or is determined by, an ``anchor`` (the treatment, event or
+    response column: 'vital_status' beside the event, 'regimen' copying the treatment) or
+    another such column ('stage' and 'stage_group'). Protected one by one, two columns that
+    are functions of each other choose different complements and give each other's
+    withheld cells back. Includes the anchors that are among ``columns``."""
+    cats = [c for c in columns if _kind(c, frame[c]) == "categorical"]
+    nodes = list(dict.fromkeys([*cats, *(a for a in anchors if a in frame.columns)]))
+    edges = {c: set() for c in nodes}
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            if _determines(frame, a, b) or _determines(frame, b, a):
+                edges[a].add(b)
+                edges[b].add(a)
+    linked: set[str] = set()
+    for c in nodes:
+        if c in linked or (not edges[c] and c not in anchors):
+            continue
+        stack, seen = [c], {c}
+        while stack:
+            for d in edges[stack.pop()] - seen:
+                seen.add(d)
+                stack.append(d)
+        if len(seen) > 1 or c in anchors:
+            linked |= seen
+    return [c for c in cats if c in linked]
+
+
 def _levels(s: pl.Series) -> list[Any]:
     dt = s.dtype
     if isinstance(dt, pl.Enum):
@@ -211,8 +250,15 @@ def _suppress_in_release(release: Release, positions: np.ndarray, members: list[
     """:func:`_suppress` within a :class:`Release` (cells as sets of patients), so that the
     counts other sections publish about the same patients (e.g. a treatment's patients per
     cluster in the response section) cannot give a withheld cell back. The missing row
-    follows the release's ``protect_missing``, as in those sections."""
+    follows the release's ``protect_missing``, as in those sections.
+
+    A cluster in which fewer than ``min_cell`` patients have a value (its size and missing
+    count being public) gets every level withheld, zeros included: shown zeros would pin
+    the one level its few patients share."""
     entries: list[tuple[np.ndarray, str, int]] = [(positions[m], "public", 1) for m in members]
+    structural_missing = has_missing and not release.protect_missing
+    with_value = [int((codes[m] != -1).sum()) for m in members]
+    thin = [structural_missing and 0 < n < release.min_cell for n in with_value]
     cell_idx = np.zeros((n_rows, len(members)), dtype=np.int64)
     row_idx = []
     for i in range(n_rows):
@@ -222,7 +268,8 @@ def _suppress_in_release(release: Release, positions: np.ndarray, members: list[
         for j, m in enumerate(members):
             cell_idx[i, j] = len(entries)
             row.append(positions[m[codes[m] == code]])
-            entries.append((row[-1], "public" if structural else "shown", 0))
+            st = "public" if structural else ("hidden" if thin[j] else "shown")
+            entries.append((row[-1], st, 0))
         row_idx.append(len(entries))
         entries.append((np.concatenate(row), "shown" if overall else "hidden", 1))
     w = release.protect(entries)

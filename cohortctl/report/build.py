@@ -33,9 +33,10 @@ from cohortctl.characterise.privacy import (
     published,
     to_jsonable,
 )
-from cohortctl.characterise.table1 import looks_like_id_name
+from cohortctl.characterise.table1 import linked_columns, looks_like_id_name
 from cohortctl.errors import InputDataError, OutputError, UsageError
 from cohortctl.report import embedding as emb
+from cohortctl.report.machine import data_dictionary, machine_tables
 from cohortctl.report.summary import summarise
 from cohortctl.store import Store, verify_run, version_info
 
@@ -98,12 +99,29 @@ def gather(store: Store, run: str = "latest", *, min_cell: int = 5, include_ids:
     """Compute every section of the report for ``run`` of ``store`` under the disclosure
     ``profile`` (``standard`` or ``strict``, see :class:`DisclosurePolicy`)."""
     policy = DisclosurePolicy(min_cell, profile=profile)
+    forced: frozenset[bytes] = frozenset()
     with policy.in_force():
-        return _gather(store, run, policy, include_ids, progress)
+        # Sections protect their counts in turn; when a later one finds a count pinned by
+        # what earlier ones published, the audit names earlier counts to withhold and the
+        # report is computed again (rarely more than once; each round only withholds more).
+        for _ in range(MAX_AUDIT_ROUNDS):
+            rep = _gather(store, run, policy, include_ids, progress, forced)
+            extra = rep.release.audit() if rep.release is not None else frozenset()
+            if extra <= forced:
+                return rep
+            log.info("disclosure audit: withholding %d more count(s) across sections",
+                     len(extra - forced))
+            forced = forced | extra
+    raise OutputError("disclosure control did not settle after "
+                      f"{MAX_AUDIT_ROUNDS} rounds; no report written (please report this)")
+
+
+#: Rounds of whole-report disclosure audit before giving up (see :func:`gather`).
+MAX_AUDIT_ROUNDS = 8
 
 
 def _gather(store: Store, run: str, policy: DisclosurePolicy, include_ids: bool,
-            progress: Callable[[str], None] | None) -> Report:
+            progress: Callable[[str], None] | None, forced: frozenset[bytes]) -> Report:
     min_cell = policy.min_cell
     run_dir = store.resolve_run(run)
     verify_run(run_dir)
@@ -118,7 +136,8 @@ def _gather(store: Store, run: str, policy: DisclosurePolicy, include_ids: bool,
     roles = store.roles
     clinical = store.clinical()
     rep = Report(policy=policy, release=Release(labels["patient_id"].to_list(), min_cell,
-                                                protect_missing=policy.protect_missing))
+                                                protect_missing=policy.protect_missing,
+                                                forced=forced))
     rep.data = {
         "report_format_version": 1,
         "run": run_dir.name,
@@ -276,13 +295,19 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
                      "patients": str(published(layout.folded)), "stability": "",
                      "mean confidence": ""})
     _add_table(rep, sec, "groups", "Clusters", pl.DataFrame(rows))
-    n_assigned = published(sum(layout.sizes[k] for k in layout.sizes if k >= 0))
     n_clusters = sum(1 for k in layout.sizes if k >= 0)
-    unassigned = published(layout.sizes.get(-1, 0))
+    # Folded together with a small cluster, the unassigned count (and the assigned total,
+    # which gives it back) would split the folded line into the small cluster's size.
+    split = -1 in layout.suppressed and len(layout.suppressed) > 1
+    n_assigned = None if split else published(
+        sum(layout.sizes[k] for k in layout.sizes if k >= 0))
+    unassigned = None if split else published(layout.sizes.get(-1, 0))
     groups = f"{n_clusters} {'group' if n_clusters == 1 else 'groups'}"
     text = (f"{groups}; {unassigned} {'patient' if unassigned == 1 else 'patients'} "
             "unassigned (no majority for one group; their nearest group is kept in the "
             "assignments)." if unassigned
+            else f"{groups}; some patients unassigned (counted in the line "
+                 f"'{FOLDED_LINE}')." if split
             else f"{groups}; every patient assigned.")
     if layout.suppressed:
         text += (f" Groups of fewer than {min_cell} patients "
@@ -297,7 +322,8 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
     if scores:
         _add_figure(rep, sec, "selection", "Model selection", _selection_figure(scores, selected))
         _add_table(rep, sec, "selection_scores", "Score of every setting tried",
-                   _selection_table(scores))
+                   _selection_table([_published_score(s, min_cell) for s in scores],
+                                    min_cell))
     cons = metrics.get("consensus")
     reference = _reference_agreement(assignments, clinical, roles, layout.shown)
     if reference:
@@ -312,7 +338,8 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
         "unassigned": unassigned,
         FOLDED_KEY: published(layout.folded) if layout.suppressed else None,
         "clusters": raw,
-        "selection_scores": [_published_score(s) for s in scores], "selected": selected,
+        "selection_scores": [_published_score(s, min_cell) for s in scores],
+        "selected": selected,
         "caveats": caveats,
         "consensus": {k: v for k, v in (cons or {}).items() if k != "histogram"} or None,
         "silhouette": metrics.get("silhouette"),
@@ -372,10 +399,18 @@ def _reference_agreement(assignments: pl.DataFrame, clinical: pl.DataFrame | Non
     return out
 
 
-def _published_score(s: dict[str, Any]) -> dict[str, Any]:
-    """A candidate's score row with its counts of patients as the policy publishes them."""
-    return {k: published(v) if k in ("smallest", "unassigned") and isinstance(v, int) else v
-            for k, v in s.items()}
+def _published_score(s: dict[str, Any], min_cell: int) -> dict[str, Any]:
+    """A candidate's score row with its counts of patients as the policy publishes them: a
+    smallest group or an unassigned set below ``min_cell`` only as "below" (for the chosen
+    candidate it is a folded group's size; for the others, that a tiny group exists)."""
+    out = dict(s)
+    for k in ("smallest", "unassigned"):
+        v = s.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            below = 0 < v < min_cell
+            out[k] = None if below else published(v)
+            out[f"{k}_below_min_cell"] = below
+    return out
 
 
 def _candidate_name(s: dict[str, Any]) -> str:
@@ -395,13 +430,15 @@ def _is_chosen(s: dict[str, Any], selected: dict[str, Any]) -> bool:
     return setting in s and s[setting] == selected.get(setting)
 
 
-def _selection_table(scores: list[dict[str, Any]]) -> pl.DataFrame:
-    """One row per candidate: what it found and how it scored (numbers stay numbers)."""
+def _selection_table(scores: list[dict[str, Any]], min_cell: int) -> pl.DataFrame:
+    """One row per candidate (as :func:`_published_score` publishes it): what it found and
+    how it scored."""
     if "family" not in scores[0]:  # K methods and runs of earlier versions
         return pl.DataFrame([{k: str(v) for k, v in s.items()} for s in scores])
     return pl.DataFrame([{
         "candidate": _candidate_name(s), "groups": s["clusters"],
-        "smallest group": published(s["smallest"]), "unassigned": published(s["unassigned"]),
+        "smallest group": f"<{min_cell}" if s["smallest"] is None else str(s["smallest"]),
+        "unassigned": f"<{min_cell}" if s["unassigned"] is None else str(s["unassigned"]),
         "stability": round(s["stability"], 3), "null stability": round(s["null_stability"], 3),
         "score": round(s["score"], 3),
         "usable": "yes" if s["eligible"] else f"no: {s['why_not']}",
@@ -475,8 +512,11 @@ def _table1_section(rep: Report, clinical: pl.DataFrame, labels: pl.DataFrame,
         return
     # In Table 1 "missing" is a level of the variable like any other ("stage unknown"), and
     # the cheapest complement for a small cell: it stays protected.
+    anchors = [roles[r] for r in ("treatment", "event", "response")
+               if roles.get(r) in clinical.columns]
     t1 = ch.table_one(clinical.select("patient_id", *columns), labels, min_cell=min_cell,
-                      release=rep.release, release_columns=[roles.get("treatment") or ""])
+                      release=rep.release,
+                      release_columns=linked_columns(clinical, columns, anchors))
     _add_table(rep, sec, "table1", "Table 1", t1.table, max_rows=200, sortable=False)
     for n in t1.notes:
         _add_text(sec, n)
@@ -573,9 +613,7 @@ def _km_figure(curves: pl.DataFrame, group_col: str, xaxis: str = "x",
                        {"shape": "hv", "color": colour}, "x": part["time"].to_list(),
                        "y": part["survival"].to_list(), "xaxis": xaxis, "yaxis": yaxis,
                        "legendgroup": name, "showlegend": legend,
-                       "customdata": part["at_risk"].to_list(),
-                       "hovertemplate": name + ": S=%{y:.2f} at %{x}<br>at risk %{customdata}"
-                                        "<extra></extra>"})
+                       "hovertemplate": name + ": S=%{y:.3f} at %{x}<extra></extra>"})
         traces.append({"type": "scatter", "mode": "lines", "line": {"shape": "hv", "width": 0},
                        "x": part["time"].to_list() + part["time"].to_list()[::-1],
                        "y": part["ci_upper"].to_list() + part["ci_lower"].to_list()[::-1],
@@ -799,8 +837,9 @@ def _methods_section(rep: Report, store: Store, run_dir: Path, params: dict[str,
     _add_table(rep, sec, "inputs", "Input files and checksums",
                pl.DataFrame(inputs) if inputs else pl.DataFrame())
     flat = {k: v for k, v in params.items() if not isinstance(v, dict)}
-    ptable = pl.DataFrame({"parameter": list(flat), "value": [json.dumps(v) for v in
-                                                              flat.values()]})
+    # Text as itself; numbers, lists and null as JSON (a string value was shown in quotes).
+    ptable = pl.DataFrame({"parameter": list(flat), "value": [
+        v if isinstance(v, str) else json.dumps(v) for v in flat.values()]})
     _add_table(rep, sec, "params", "Parameters (resolved)", ptable, max_rows=200)
     versions = params.get("versions") or version_info()
     _add_text(sec, "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
@@ -928,15 +967,18 @@ def _spreadsheet_safe_frame(table: pl.DataFrame) -> pl.DataFrame:
     ``-``, ``@``, tab or CR), made inert with a leading ``'`` as OWASP recommends against
     CSV injection. Plain numbers, negative ones included, are kept as they are."""
     starts = "^[" + re.escape("".join(_FORMULA_START)) + "]"
+    # Empty text is written as an empty cell (not a quoted "").
     return table.with_columns(
-        pl.when(pl.col(c).str.contains(starts) & ~pl.col(c).str.contains(_PLAIN_NUMBER.pattern))
+        pl.when(pl.col(c) == "").then(None)
+        .when(pl.col(c).str.contains(starts) & ~pl.col(c).str.contains(_PLAIN_NUMBER.pattern))
         .then(pl.lit("'") + pl.col(c)).otherwise(pl.col(c)).alias(c)
         for c in table.columns if table.schema[c] == pl.String)
 
 
 def write_tables(rep: Report, directory: Path, *, force: bool = False) -> None:
-    """Every display table as TSV (text cells spreadsheet-safe) and every raw table as
-    Parquet, written atomically into a directory marked as cohortctl's."""
+    """Every display table as TSV (text cells spreadsheet-safe), every raw table as Parquet
+    and the report's protected numbers as typed ``data_*`` tables (TSV and Parquet, with
+    ``data_dictionary``), written atomically into a directory marked as cohortctl's."""
     from cohortctl.store import atomic_directory, write_parquet
 
     # force: write_report has refused a non-empty directory without --force already.
@@ -946,4 +988,10 @@ def write_tables(rep: Report, directory: Path, *, force: bool = False) -> None:
         for name, table in rep.tables.items():
             _spreadsheet_safe_frame(table).write_csv(tmp / f"{name}.tsv", separator="\t")
         for name, table in rep.raw_tables.items():
+            write_parquet(table, tmp / f"{name}.parquet")
+        # The same numbers typed (numbers stay numbers), with a data dictionary.
+        data = machine_tables(rep_to_json(rep))
+        data["data_dictionary"] = data_dictionary(data)
+        for name, table in data.items():
+            _spreadsheet_safe_frame(table).write_csv(tmp / f"{name}.tsv", separator="\t")
             write_parquet(table, tmp / f"{name}.parquet")
