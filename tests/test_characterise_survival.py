@@ -231,3 +231,20 @@ def test_by_treatment_within_cluster_logrank_and_bh() -> None:
     lr0 = res.clusters[0]["logrank"]
     assert (lr0["p"] or lr0["p_bound"]) <= 0.001
     assert set(res.curves["treatment"].unique().to_list()) == {"A", "B"}
+
+
+def test_cluster_with_few_analysed_patients_is_not_broken_down_by_treatment() -> None:
+    """6 patients, 2 without follow-up: which arms the other 4 have would show through the
+    rows present (a missing row is a shown zero), so the cluster gets no per-arm rows."""
+    rng = np.random.default_rng(1)
+    n = 36
+    cluster = np.array([0] * 30 + [1] * 6)
+    time = rng.exponential(100, n) + 1
+    time[[30, 31]] = np.nan
+    df = pl.DataFrame({"patient_id": [f"p{i}" for i in range(n)], "cluster": cluster,
+                       "time": time, "event": rng.integers(0, 2, n),
+                       "treatment": ["A", "B"] * 15 + ["A"] * 6})
+    res = survival_by_treatment_within_cluster(df, 5, protect_missing=False)
+    by = {c["cluster"]: c for c in res.clusters}
+    assert by[1]["groups"] == [] and len(by[0]["groups"]) == 2
+    assert any("Not broken down by treatment" in n and "cluster 1" in n for n in res.notes)

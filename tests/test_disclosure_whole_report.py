@@ -234,6 +234,10 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
     if resp:
         ex = resp["excluded"]
         m = np.maximum(system.mask(k=set(shown), r={"X"}), system.mask(k=set(shown), a={None}))
+        # A cluster with too few analysed patients is not broken down: all excluded.
+        thin = {k for k in shown if not any(c["cluster"] == k for c in resp["cells"])}
+        if thin:
+            m = np.maximum(m, system.mask(k=thin))
         count("resp excluded", m, ex["n_excluded"], ex["n_excluded_suppressed"])
     return withheld
 

@@ -361,6 +361,11 @@ def response_by_cluster(
     cl_all = df["cluster"].cast(pl.Int64).to_numpy()
     layout = ClusterLayout.from_labels(cl_all.tolist(), min_cell)
     ok = np.isfinite(y_all) & np.array([t is not None for t in trt_all], dtype=bool)
+    # A cluster with fewer than min_cell analysed patients is not broken down by treatment:
+    # which arms have a row would tell its few patients' arms (a missing row is a shown
+    # zero), the numbers lacking data being public. Its patients count as excluded.
+    thin = [k for k in layout.shown if 0 < int((ok & (cl_all == k)).sum()) < min_cell]
+    ok &= ~np.isin(cl_all, thin)
     y = y_all[ok]
     cl = cl_all[ok]
     trt = np.array([t for t, o in zip(trt_all, ok, strict=True) if o], dtype=object)
@@ -378,6 +383,10 @@ def response_by_cluster(
         )
     if -1 in shown:
         notes.append("Unassigned patients are shown but excluded from tests.")
+    if thin:
+        notes.append(f"Not broken down by treatment (fewer than {min_cell} patients with a "
+                     "treatment and a response; counted as excluded): "
+                     + ", ".join(cluster_name(k) for k in thin) + ".")
 
     n_arr = np.array([[int(((trt == g) & (cl == k)).sum()) for k in shown] for g in treatments])
     r_arr = np.array([[int(y[(trt == g) & (cl == k)].sum()) for k in shown] for g in treatments])

@@ -729,14 +729,21 @@ def survival_by_treatment_within_cluster(
     ev_by: list[dict[str, int]] = []
     n_by: list[dict[str, int]] = []
     excl_by: list[list[int]] = []
+    # A cluster with fewer than min_cell analysed patients is not broken down by treatment:
+    # which arms have a row there would tell its few patients' arms (a missing row is a
+    # shown zero), the numbers lacking data being public.
+    thin = [k for k in shown if 0 < int((cl == k).sum()) < min_cell]
     for k in shown:
         m = cl == k
         n_k = {g: int((m & (trt == g)).sum()) for g in treatments}
-        n_by.append({g: v for g, v in n_k.items() if v > 0})
+        n_by.append({g: v for g, v in n_k.items() if v > 0 and k not in thin})
         ev_by.append({g: int(e_all[m & (trt == g)].sum()) for g in n_by[-1]})
         n_surv = int((cl_with_surv == k).sum())
         n_nt = int((no_trt & (cl_with_surv == k)).sum())
-        excl_by.append([layout.sizes[k] - n_surv, n_nt])
+        excl_by.append([layout.sizes[k] - n_surv, n_nt, int(m.sum()) if k in thin else 0])
+    if thin:
+        notes.append(f"Not broken down by treatment (fewer than {min_cell} patients analysed): "
+                     + ", ".join(cluster_name(k) for k in thin) + ".")
     if where is None:
         sup = suppress_nested(
             [layout.sizes[k] for k in shown],
@@ -752,7 +759,8 @@ def survival_by_treatment_within_cluster(
             [where.cluster(k) for k in shown],
             [{g: (analysed[(cl == k) & (trt == g)], analysed[(cl == k) & (trt == g) & e_all])
               for g in n_by[j]} for j, k in enumerate(shown)],
-            [[where.excluded(k), where.analysed(no_trt & (cl_with_surv == k))] for k in shown],
+            [[where.excluded(k), where.analysed(no_trt & (cl_with_surv == k)),
+              analysed[cl == k] if k in thin else analysed[:0]] for k in shown],
             protect_excluded=protect_missing,
         )
 
