@@ -197,7 +197,7 @@ def test_vendored_plotly_is_the_recorded_file_and_draws_every_trace(
     if "embedding" in rep.figures:
         figures += list(rep.figures["embedding"]["embedding"]["views"].values())
     kinds = {t.get("type", "scatter") for f in figures for t in f.get("data", [])}
-    assert kinds and kinds <= {"scatter", "bar", "heatmap"}, kinds
+    assert kinds and kinds <= {"scatter", "bar", "heatmap", "box"}, kinds
 
 
 def test_include_ids_and_tables_dir(small_cluster_store: Path, tmp_path: Path) -> None:
@@ -238,6 +238,22 @@ def test_tables_dir_holds_typed_numbers_with_a_dictionary(small_cluster_store: P
     assert dictionary["description"].str.len_chars().min() > 10
     for tsv in out.glob("*.tsv"):
         assert '""' not in tsv.read_text(), tsv.name
+
+
+def test_assignment_confidence_is_drawn_from_percentiles(small_cluster_store: Path) -> None:
+    """Per displayed group a box from the 10th-90th percentiles of assignment confidence
+    (groups of >= min-cell patients only); no patient-level value in the figure."""
+    rep = gather(Store.open(small_cluster_store))
+    rows = rep.data["groups"]["confidence"]
+    shown = {c["cluster"] for c in rep.data["groups"]["clusters"] if not c["suppressed"]}
+    assert {r["cluster"] for r in rows} == shown
+    for r in rows:
+        qs = [r[k] for k in ("p10", "p25", "p50", "p75", "p90")]
+        assert qs == sorted(qs) and qs[0] >= 0 and qs[-1] <= 1
+        assert all(round(q, 2) == q for q in qs)
+    (box,) = rep.figures["confidence"]["data"]
+    assert box["type"] == "box" and len(box["median"]) == len(rows)
+    assert "x" not in box  # summaries only, no per-patient values
 
 
 def test_summary_comes_first_and_repeats_only_protected_numbers(

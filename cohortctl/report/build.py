@@ -314,6 +314,19 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
                  f"({', '.join(layout.suppressed_names)}) are counted only in the line "
                  f"'{FOLDED_LINE}' and left out of every statistic below.")
     _add_text(sec, text)
+    confidence = _confidence_by_group(assignments, layout, min_cell)
+    raw_conf: list[dict[str, Any]] = []
+    if confidence is not None:
+        table, fig, raw_conf = confidence
+        _add_figure(rep, sec, "confidence", "How sure is each patient's group", fig)
+        _add_text(sec, "How to read: one box per group, over its patients' assignment "
+                       "confidence (the share of bootstrap re-clusterings in which the "
+                       "patient kept its group): the box spans the middle half, the line is "
+                       "the median, the whiskers the 10th and 90th percentiles. A box near 1 "
+                       "means patients sit firmly in their group; a long left whisker, that "
+                       "some lie between groups. Drawn from these percentiles, not from "
+                       "patients.")
+        _add_table(rep, sec, "confidence", "Assignment confidence per group", table)
     scores = metrics.get("selection_scores") or []
     selected = metrics.get("selected") or params.get("resolved") or {}
     caveats = selection_caveats(selected, raw)
@@ -337,7 +350,7 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
         "n_clusters": n_clusters, "n_assigned": n_assigned,
         "unassigned": unassigned,
         FOLDED_KEY: published(layout.folded) if layout.suppressed else None,
-        "clusters": raw,
+        "clusters": raw, "confidence": raw_conf,
         "selection_scores": [_published_score(s, min_cell) for s in scores],
         "selected": selected,
         "caveats": caveats,
@@ -348,6 +361,52 @@ def _groups_section(rep: Report, assignments: pl.DataFrame, layout: ClusterLayou
 
 
 UNSTABLE_CLUSTER = 0.6  # Hennig: 0.5-0.75 'patterns', below 0.5 'dissolved'
+
+
+#: Quantiles of per-patient assignment confidence drawn per group (a box from summary
+#: statistics: 10th, 25th, 50th, 75th and 90th percentiles).
+CONFIDENCE_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _confidence_by_group(assignments: pl.DataFrame, layout: ClusterLayout, min_cell: int
+                         ) -> tuple[pl.DataFrame, dict[str, Any], list[dict[str, Any]]] | None:
+    """Per displayed group, percentiles of the patients' assignment confidence (the share
+    of bootstrap re-clusterings in which they kept their group), published like Table 1's
+    quartiles: from at least ``min_cell`` patients, rounded to 2 decimals. Returns the
+    display table, a box figure drawn from those summaries (never from patients) and the
+    raw rows. Counts per confidence band would need complementary suppression that hides
+    most bars of a small group."""
+    if "confidence" not in assignments.columns or not layout.shown:
+        return None
+    cl = assignments["cluster"].cast(pl.Int64).to_numpy()
+    conf = assignments["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    rows, raw = [], []
+    for k in layout.shown:
+        v = conf[(cl == k) & np.isfinite(conf)]
+        if v.size < min_cell:
+            continue
+        q = [round(float(x), 2) for x in np.quantile(v, CONFIDENCE_QUANTILES)]
+        raw.append({"cluster": k, "name": cluster_name(k),
+                    **{f"p{int(100 * p)}": x for p, x in zip(CONFIDENCE_QUANTILES, q,
+                                                             strict=True)}})
+        rows.append({"group": cluster_name(k),
+                     **{f"{int(100 * p)}th percentile": f"{x:.2f}"
+                        for p, x in zip(CONFIDENCE_QUANTILES, q, strict=True)}})
+    if not rows:
+        return None
+    names = [r["name"] for r in raw]
+    trace = {"type": "box", "name": "confidence", "y": names, "orientation": "h",
+             "lowerfence": [r["p10"] for r in raw], "q1": [r["p25"] for r in raw],
+             "median": [r["p50"] for r in raw], "q3": [r["p75"] for r in raw],
+             "upperfence": [r["p90"] for r in raw], "marker": {"color": PALETTE[0]},
+             "hoverinfo": "y+x"}
+    fig = {"data": [trace], "layout": {
+        "height": max(220, 70 + 40 * len(names)), "showlegend": False,
+        "margin": {"l": 110, "t": 20},
+        "xaxis": {"title": {"text": "assignment confidence (whiskers: 10th-90th percentile)"},
+                  "range": [0, 1.02]},
+        "yaxis": {"autorange": "reversed", "automargin": True}}}
+    return pl.DataFrame(rows), fig, raw
 
 
 def selection_caveats(selected: dict[str, Any], clusters: list[dict[str, Any]]) -> list[str]:

@@ -60,6 +60,12 @@ COLUMNS: dict[str, str] = {
     "ci_upper": "upper 95% confidence bound",
     "estimable": "false when the model could not estimate the value",
     "withheld": "true when the value is withheld by the disclosure policy",
+    "p10": "10th percentile of the group's assignment confidence (share of bootstrap "
+           "re-clusterings in which a patient kept its group; 2 decimals)",
+    "p25": "25th percentile of the assignment confidence",
+    "p50": "median assignment confidence",
+    "p75": "75th percentile of the assignment confidence",
+    "p90": "90th percentile of the assignment confidence",
     "group": "curve: cluster, or cluster / treatment",
     "treatment": "treatment arm",
     "time": "time since the start of follow-up (unit of the input time column)",
@@ -179,6 +185,9 @@ def machine_tables(data: dict[str, Any]) -> dict[str, pl.DataFrame]:
     if groups.get("clusters"):
         out["data_groups"] = _frame(groups["clusters"], [
             "cluster", "name", "n", "suppressed", "stability", "mean_confidence"])
+    if groups.get("confidence"):
+        out["data_confidence"] = _frame(groups["confidence"], [
+            "cluster", "name", "p10", "p25", "p50", "p75", "p90"])
     if data.get("clinical"):
         out.update(_table1(data["clinical"]))
     out.update(_survival(data.get("survival", {}), data.get("survival_by_treatment", {})))
