@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -79,6 +80,7 @@ def _main(
 ) -> None:
     _STATE["debug"] = debug
     _setup_logging(verbose, quiet)
+    _STATE["quiet"] = quiet
 
 
 def _guarded(fn: Callable[..., None]) -> Callable[..., None]:
@@ -139,11 +141,41 @@ def _store_arg(store: str | None) -> Path:
     return Path(last)
 
 
-def _progress():  # noqa: ANN202 - returns a callable
-    def report(msg: str) -> None:
-        log.debug(msg)
+class _Progress:
+    """Stage messages of a long command on stderr: a live status line on a terminal (rich;
+    honours NO_COLOR), otherwise one log line per stage ("bootstrap", not every
+    "bootstrap 7/30"), nothing with -q. Used as ``with _Progress() as progress:``."""
 
-    return report
+    _COUNTER = re.compile(r"\s*(?:\d+\s*/\s*\d+|=\s*\d+)$")
+
+    def __init__(self) -> None:
+        self.quiet = bool(_STATE.get("quiet"))
+        self._status: Any = None
+        self._stage: str | None = None
+
+    def __enter__(self) -> _Progress:
+        if not self.quiet and sys.stderr.isatty():
+            from rich.console import Console
+
+            self._status = Console(stderr=True).status("starting")
+            self._status.start()
+        return self
+
+    def __call__(self, msg: str) -> None:
+        log.debug(msg)
+        if self.quiet:
+            return
+        if self._status is not None:
+            self._status.update(msg)
+            return
+        stage = self._COUNTER.sub("", msg)
+        if stage != self._stage:
+            self._stage = stage
+            log.info("%s", stage)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.stop()
 
 
 # -- ingest ---------------------------------------------------------------------------
@@ -277,7 +309,8 @@ def cluster(
                                  component_weight=component_weight),
     )
     st = Store.open(_store_arg(store))
-    path = run_cluster(st, opts, progress=_progress())
+    with _Progress() as progress:
+        path = run_cluster(st, opts, progress=progress)
     metrics = json.loads((path / "metrics.json").read_text())
     log.info("%d clusters (%s), %d unassigned -> %s", metrics["n_clusters"],
              metrics["cluster_sizes"], metrics["unassigned"], path)
@@ -330,8 +363,10 @@ def report(
     if disclosure not in ("standard", "strict"):
         raise UsageError(f"--disclosure must be 'standard' or 'strict', got {disclosure!r}")
     st = Store.open(_store_arg(store))
-    summary = write_report(st, run=run, out=out, fmt=fmt, tables_dir=tables, min_cell=min_cell,
-                           include_ids=include_ids, force=force, profile=disclosure)
+    with _Progress() as progress:
+        summary = write_report(st, run=run, out=out, fmt=fmt, tables_dir=tables,
+                               min_cell=min_cell, include_ids=include_ids, force=force,
+                               profile=disclosure, progress=progress)
     if str(out) != "-":
         _emit(out, summary, as_json)
 

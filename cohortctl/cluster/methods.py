@@ -471,7 +471,7 @@ def _null_stability(Z: np.ndarray, cands: list[select.Candidate], plan: _Plan, *
         nplan = _Plan(_boot_sizes(list(scaled.values()), rows, len(tasks[0][0])), plan.ks,
                       plan.kmeans)
         if progress:
-            progress(f"null cohort {j + 1}/{sets}")
+            progress(f"no-structure reference (null cohort) {j + 1}/{sets}")
         boots, emb = _bootstrap_with_reference(Zn, tasks, nplan, n_neighbors,
                                                int(rng.integers(0, 2**31 - 1)), workers, None)
         assert emb is not None
@@ -620,7 +620,7 @@ def _bootstrap_with_reference(Z: np.ndarray, tasks: list[Task], plan: _Plan, n_n
             for i, task in enumerate(tasks):
                 out.append(_boot_one(task))
                 if progress:
-                    progress(f"bootstrap {i + 1}/{len(tasks)}")
+                    progress(f"bootstrap re-clustering {i + 1}/{len(tasks)}")
             return out, embedding
         finally:
             _SHARED.clear()
@@ -729,7 +729,7 @@ def k_cluster(method: str, X: np.ndarray, *, k_values: list[int], seed: int, boo
             row["pac"] = round(stability.pac_score(stability.coassociation(n, runs)), 6)
         scores.append(row)
         if progress:
-            progress(f"K={k}")
+            progress(f"fitting candidates K={k}")
     if criterion == "pac" and all("pac" in s for s in scores):
         best = min(scores, key=lambda s: (s["pac"], -s["silhouette"]))["k"]
     else:
