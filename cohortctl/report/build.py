@@ -376,7 +376,8 @@ def _confidence_by_group(assignments: pl.DataFrame, layout: ClusterLayout, min_c
     display table, a box figure drawn from those summaries (never from patients) and the
     raw rows. Counts per confidence band would need complementary suppression that hides
     most bars of a small group."""
-    if "confidence" not in assignments.columns or not layout.shown:
+    # With one group every patient "keeps" it: nothing to show.
+    if "confidence" not in assignments.columns or len(layout.shown) < 2:
         return None
     cl = assignments["cluster"].cast(pl.Int64).to_numpy()
     conf = assignments["confidence"].cast(pl.Float64).fill_null(np.nan).to_numpy()
