@@ -363,7 +363,12 @@ def _null_basis(rows: np.ndarray) -> np.ndarray:
     n = rows.shape[1]
     if rows.shape[0] == 0 or n == 0:
         return np.eye(n)
-    _, s, vt = np.linalg.svd(rows, full_matrices=True)
+    try:
+        _, s, vt = np.linalg.svd(rows, full_matrices=True)
+    except np.linalg.LinAlgError:  # seen with threaded OpenBLAS 0.3.31 on 0/1 matrices
+        import scipy.linalg
+
+        _, s, vt = scipy.linalg.svd(rows, full_matrices=True, lapack_driver="gesvd")
     rank = int((s > 1e-9 * max(1.0, float(s[0]))).sum()) if s.size else 0
     return vt[rank:].T
 
@@ -652,6 +657,8 @@ def _pinned(inc: np.ndarray, av: np.ndarray, eq: np.ndarray, ge: np.ndarray, t: 
     rows at least 1 (two mixed-integer programs, scipy's HiGHS ``milp``)."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
+    if inc.shape[1] == 0:
+        return True  # no patient behind any count: every count is 0
     cons = []
     if eq.any():
         cons.append(LinearConstraint(inc[eq], av[eq], av[eq]))
@@ -764,16 +771,19 @@ class Release:
             for j, f in enumerate(new):
                 if f.kind == "shown" and f.signature in self.forced:
                     w[old + j] = True
+                if f.kind == "shown" and f.patients.size == 0:
+                    w[old + j] = False  # zeros are shown
             inc, av = self._incidence(aggs, values)
             self._free(inc, av, facts, w, new_from=old)
-            # A count the structural counts fix (a cluster's analysed n = its size minus
+            # A group size the structural counts fix (a cluster's analysed n = its size minus
             # those lacking follow-up) is public whatever it is: shown, not marked withheld.
+            # (Counts of an attribute, rank 0, stay marked even then.)
             structural = np.array([f.kind == "structural" for f in facts])
             none = np.zeros(len(facts), dtype=bool)
             for j, f in enumerate(new):
                 t = old + j
-                if f.kind == "shown" and w[t] and f.signature not in self.forced and \
-                        _pinned(inc, av, structural, none, t):
+                if f.kind == "shown" and f.rank >= 1 and w[t] and \
+                        f.signature not in self.forced and _pinned(inc, av, structural, none, t):
                     w[t] = False
         withheld = np.ones(len(entries), dtype=bool)
         for i, j in enumerate(where):
@@ -785,7 +795,7 @@ class Release:
             if hide:
                 f = _Fact(f.patients, "withheld" if f.patients.size else "shown", f.rank)
             new[j] = f
-        withheld &= np.array([st != "public" for _, st, _ in entries])
+        withheld &= np.array([st != "public" for _, st, _ in entries], dtype=bool)
         self._facts.extend(new)
         return withheld
 
@@ -859,6 +869,8 @@ class Release:
                 chosen = next((j for _, _, j in cands
                                if not pinned(w | (np.arange(len(facts)) == j), t)), None)
                 picks = [chosen] if chosen is not None else [j for _, _, j in cands]
+                if not picks:
+                    break  # nothing left to withhold: pinned by what must stay published
                 for j in picks:
                     w[j] = True
                     force.add(facts[j].signature)
@@ -894,11 +906,14 @@ def protect_nested(
     *,
     group_totals: bool = False,
     protect_excluded: bool = True,
+    displayed_totals: Sequence[bool] | None = None,
 ) -> NestedSuppression:
     """:func:`suppress_nested` within a :class:`Release`: the same table (public cluster
     sizes; per group ``n`` and positives shown, the rest hidden; excluded patients per reason
     and their totals), given as patient positions instead of counts, so that counts other
-    sections published about the same patients are taken into account."""
+    sections published about the same patients are taken into account.
+    ``displayed_totals`` says which reasons' totals the section displays (default all): an
+    undisplayed one is not recorded (the reader does not know it)."""
     entries: list[tuple[np.ndarray, str, int]] = []
     n_idx: list[dict[str, int]] = []
     pos_idx: list[dict[str, int]] = []
@@ -924,8 +939,10 @@ def protect_nested(
     tot_idx = []
     for r in sorted(reasons):
         tot_idx.append(len(entries))
+        shown_total = displayed_totals is None or displayed_totals[r]
         entries.append((np.concatenate(reasons[r]) if reasons[r] else empty,
-                        "shown" if protect_excluded else "public", 1))
+                        ("shown" if protect_excluded else "public") if shown_total else "hidden",
+                        1))
     gn_idx: dict[str, int] = {}
     gp_idx: dict[str, int] = {}
     if group_totals:

@@ -762,6 +762,7 @@ def survival_by_treatment_within_cluster(
             [[where.excluded(k), where.analysed(no_trt & (cl_with_surv == k)),
               analysed[cl == k] if k in thin else analysed[:0]] for k in shown],
             protect_excluded=protect_missing,
+            displayed_totals=(True, True, False),
         )
 
     curves: list[KMCurve] = []

@@ -82,7 +82,11 @@ def summarise(data: dict[str, Any]) -> tuple[list[str], pl.DataFrame | None]:
                 and c.get("cluster", -1) >= 0]
     sel = (groups.get("selected") or {}).get("selection") or {}
     sentences = []
-    total = sum(c["n"] for c in clusters if c.get("n") is not None)
+    # The cohort section's count (rounded once under the strict profile; a sum of rounded
+    # group sizes would disagree with it).
+    total = (data.get("cohort") or {}).get("clustered")
+    if total is None:
+        total = sum(c["n"] for c in clusters if c.get("n") is not None)
     if sel and not sel.get("structure", True):
         sentences.append(f"No stable structure: the {total} clustered patients are reported "
                          "as one group.")
