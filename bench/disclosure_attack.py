@@ -110,6 +110,7 @@ class LP:
         self.eq: list[tuple[np.ndarray, float, str]] = []
         self.ub: list[tuple[np.ndarray, float, str]] = []
         self.withheld: list[tuple[str, np.ndarray]] = []
+        self.maybe_zero: set[str] = set()
 
     def mask(self, **where: Any) -> np.ndarray:
         """where: key -> set of allowed values (or callable)."""
@@ -123,9 +124,15 @@ class LP:
                     break
         return out
 
-    def pub(self, m: np.ndarray, value: float | None, name: str, suppressed: bool = False):
+    def pub(self, m: np.ndarray, value: float | None, name: str, suppressed: bool = False,
+            zero_shown: bool = True):
+        """``zero_shown=False``: the policy may withhold this count even when it is 0 (the
+        positives of a group below min-cell, a thin Table 1 column), so a reader cannot
+        assume a withheld value is at least 1."""
         if suppressed or value is None:
             self.withheld.append((name, m))
+            if not zero_shown:
+                self.maybe_zero.add(name)
             return
         tv = float(m @ self.truth)
         if abs(tv - value) > 1e-9:
@@ -161,7 +168,7 @@ class LP:
         shown and never used as complements)."""
         if withheld_nonzero:
             for name, m in self.withheld:
-                if m @ self.truth >= 1:
+                if m @ self.truth >= 1 and name not in self.maybe_zero:
                     self.ub.append((-m, -1.0, "nonzero " + name))
         out = []
         for name, m in self.withheld:

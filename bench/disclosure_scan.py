@@ -53,23 +53,36 @@ def read(data, lp, arms_all, shown):
         lp.pub(lp.mask(k=set(folded)), data["groups"]["not_clustered_or_withheld"], "folded")
     lp.pub(lp.mask(k={-1}), data["groups"]["unassigned"], "groups.unassigned")
     lp.pub(lp.mask(k=lambda k: k >= 0), data["groups"]["n_assigned"], "groups.n_assigned")
+    # The policy withholds zeros too in two places: the events/responders of a group whose
+    # n is below min-cell (or withheld, so possibly below), and a Table 1 release column in
+    # a cluster where fewer than min-cell patients have a value.
+    min_cell = data["min_cell"]
+
+    def big(n: int | None) -> bool:
+        return n is not None and n >= min_cell
+
+    sizes = {c["cluster"]: c["n"] for c in data["groups"]["clusters"]}
     for var in data.get("clinical", {}).get("variables", []):
         if var["variable"] != "arm":
             continue
+        missing = {c["cluster"]: c["n"] for lv in var["levels"] if lv["is_missing"]
+                   for c in lv["cells"]}
         named = {lv["level"] for lv in var["levels"]}
         for lev in var["levels"]:
             a = {None} if lev["is_missing"] else {lev["level"]}
             if lev["level"] == "other (rare levels)" or lev["level"].endswith(" or other"):
                 a = {lev["level"].removesuffix(" or other")} | (set(arms_all) - named)
             for cell in lev["cells"]:
-                lp.pub(lp.mask(k={cell["cluster"]}, a=a), cell["n"],
-                       f"T1 {lev['level']} c{cell['cluster']}", cell["n_suppressed"])
+                k = cell["cluster"]
+                thin = missing.get(k) is not None and sizes[k] - missing[k] < min_cell
+                lp.pub(lp.mask(k={k}, a=a), cell["n"], f"T1 {lev['level']} c{k}",
+                       cell["n_suppressed"], zero_shown=not thin)
     surv = data.get("survival", {})
     for c in surv.get("clusters", []):
         k = {c["cluster"]}
         lp.pub(lp.mask(k=k, s={"E", "C"}), c["n"], f"surv n c{c['cluster']}", c["n_suppressed"])
         lp.pub(lp.mask(k=k, s={"E"}), c["events"], f"surv ev c{c['cluster']}",
-               c["events_suppressed"])
+               c["events_suppressed"], zero_shown=big(c["n"]))
         lp.pub(lp.mask(k=k, s={"C"}), c["censored"], f"surv cens c{c['cluster']}",
                c["censored_suppressed"])
     if surv:
@@ -83,7 +96,8 @@ def read(data, lp, arms_all, shown):
             lp.pub(lp.mask(**m, s={"E", "C"}), g["n"],
                    f"st n c{c['cluster']} {g['treatment']}", g["n_suppressed"])
             lp.pub(lp.mask(**m, s={"E"}), g["events"],
-                   f"st ev c{c['cluster']} {g['treatment']}", g["events_suppressed"])
+                   f"st ev c{c['cluster']} {g['treatment']}", g["events_suppressed"],
+                   zero_shown=big(g["n"]))
     if bt:
         ex = bt["excluded"]
         lp.pub(lp.mask(k=shown, s={"X"}), ex["n_excluded"], "st excl",
@@ -96,7 +110,8 @@ def read(data, lp, arms_all, shown):
         lp.pub(lp.mask(**m, r={"R", "N"}), c["n"],
                f"resp n c{c['cluster']} {c['treatment']}", c["n_suppressed"])
         lp.pub(lp.mask(**m, r={"R"}), c["responders"],
-               f"resp r c{c['cluster']} {c['treatment']}", c["responders_suppressed"])
+               f"resp r c{c['cluster']} {c['treatment']}", c["responders_suppressed"],
+               zero_shown=big(c["n"]))
         if c.get("rate") is not None and c["n"] is None:
             print("!! rate shown with n withheld", c)
     if resp:

@@ -168,6 +168,11 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
 
     sizes = {c["cluster"]: c["n"] for c in data["groups"]["clusters"]}
     vital = {"dead": {"E"}, "alive": {"C"}}
+
+    def big(n: int | None) -> bool:
+        """Events/responders of a group below min-cell are withheld even when 0: a reader
+        knows a withheld one is >= 1 only in a group whose n is published and large."""
+        return n is not None and n >= MIN_CELL
     for var in data.get("clinical", {}).get("variables", []):
         if var["variable"] not in ("arm", "regimen", "vital"):
             continue
@@ -202,7 +207,7 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
         count(f"surv n c{c['cluster']}", system.mask(k=k, s={"E", "C"}), c["n"],
               c["n_suppressed"])
         count(f"surv events c{c['cluster']}", system.mask(k=k, s={"E"}), c["events"],
-              c["events_suppressed"])
+              c["events_suppressed"], at_least_one=big(c["n"]))
         count(f"surv censored c{c['cluster']}", system.mask(k=k, s={"C"}), c["censored"],
               c["censored_suppressed"])
     if surv:
@@ -217,7 +222,8 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
             count(f"surv-trt n c{c['cluster']} {g['treatment']}",
                   system.mask(k=k, a=a, s={"E", "C"}), g["n"], g["n_suppressed"])
             count(f"surv-trt events c{c['cluster']} {g['treatment']}",
-                  system.mask(k=k, a=a, s={"E"}), g["events"], g["events_suppressed"])
+                  system.mask(k=k, a=a, s={"E"}), g["events"], g["events_suppressed"],
+                  at_least_one=big(g["n"]))
     if bt:
         ex = bt["excluded"]
         count("surv-trt excluded", system.mask(k=set(shown), s={"X"}), ex["n_excluded"],
@@ -230,7 +236,8 @@ def _read_report(system: _System, data: dict[str, Any]) -> list[tuple[str, np.nd
         count(f"resp n c{c['cluster']} {c['treatment']}", system.mask(k=k, a=a, r={"R", "N"}),
               c["n"], c["n_suppressed"])
         count(f"resp responders c{c['cluster']} {c['treatment']}",
-              system.mask(k=k, a=a, r={"R"}), c["responders"], c["responders_suppressed"])
+              system.mask(k=k, a=a, r={"R"}), c["responders"], c["responders_suppressed"],
+              at_least_one=big(c["n"]))
     if resp:
         ex = resp["excluded"]
         m = np.maximum(system.mask(k=set(shown), r={"X"}), system.mask(k=set(shown), a={None}))

@@ -925,7 +925,11 @@ def protect_nested(
         pos_idx.append({})
         for label, (n_set, pos_set) in groups[k].items():
             pos_idx[k][label] = len(entries)
-            entries.append((pos_set, "shown", 0))
+            # In a group of fewer than min_cell patients the positives are never shown, not
+            # even a zero: with the group's n known (often from public counts), a withheld
+            # count known to be >= 1 could be pinned (1 patient, withheld responders: 1).
+            small = 0 < np.unique(n_set).size < release.min_cell
+            entries.append((pos_set, "hidden" if small else "shown", 0))
             n_idx[k][label] = len(entries)
             entries.append((n_set, "shown", 1))
             entries.append((np.setdiff1d(n_set, pos_set), "hidden", 1))
