@@ -55,11 +55,11 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import numpy as np
@@ -673,20 +673,6 @@ def _pinned(inc: np.ndarray, av: np.ndarray, eq: np.ndarray, ge: np.ndarray, t: 
     return round(-hi.fun) <= round(lo.fun)
 
 
-class _Useful:
-    """Whether withholding a count can protect anything (it is not pinned by what stays
-    published whatever is withheld), computed once per count."""
-
-    def __init__(self, test: Callable[[int], bool]) -> None:
-        self._test = test
-        self._seen: dict[int, bool] = {}
-
-    def __call__(self, j: int) -> bool:
-        if j not in self._seen:
-            self._seen[j] = self._test(int(j))
-        return self._seen[j]
-
-
 def _linear_status(fact: _Fact, new: bool) -> str:
     """A fact's status for :func:`suppress_linear`: counts published by earlier sections
     are public; a new shown count may still be withheld; withheld and hidden ones are
@@ -821,7 +807,12 @@ class Release:
 
         everything = w | (shown & (av > 0))
         pending = [t for t in self._targets(facts, av, w) if not pinned(everything, t)]
-        useful = _Useful(lambda j: not pinned(everything, j))
+
+        @cache
+        def useful(j: int) -> bool:
+            """Withholding ``j`` can protect something: it is not pinned anyway."""
+            return not pinned(everything, j)
+
         # Withholding more only widens every range: a count found free stays free.
         while pending:
             hit = pending[0]
@@ -858,7 +849,12 @@ class Release:
             return _pinned(inc, av, structural | (shown & ~wd), wd & shown_kind & (av > 0), t)
 
         everything = w | (shown & (av > 0))
-        useful = _Useful(lambda j: not pinned(everything, j))
+
+        @cache
+        def useful(j: int) -> bool:
+            """Withholding ``j`` can protect something: it is not pinned anyway."""
+            return not pinned(everything, j)
+
         force: set[bytes] = set()
         for t in self._targets(facts, av, w):
             if pinned(everything, t):
